@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine with Python 3.11+ and make:
+#   make sample   install, then run the whole sample history and print a per-program summary
+#   make test     install, then ruff, mypy and pytest (what CI runs)
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STORE ?= data/store
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+
+.PHONY: install sample test lint benchmark clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+sample: install
+	$(BIN)/billing-tiers backfill --from 2024-01 --store $(STORE)
+	$(BIN)/billing-tiers status --store $(STORE)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy billing_tiers flows transforms schemas rulebook
+
+test: lint
+	$(BIN)/pytest -q
+
+benchmark: install
+	$(BIN)/python scripts/benchmark.py
+
+clean:
+	rm -rf $(STORE)

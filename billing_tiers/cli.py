@@ -1,0 +1,303 @@
+"""The ``billing-tiers`` command: run, backfill, status and explain.
+
+Failures print one line saying what is wrong and where, and exit non-zero; ``--debug`` adds the
+traceback. Cheap checks (month format, rulebook, extract folders, month ordering, the lock) run
+before Prefect starts, so a refusal is immediate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from billing_tiers.errors import PipelineError
+from billing_tiers.months import month_label, parse_month
+from rulebook import RulebookError, load_rulebook
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Monthly customer-program levels and member cards from billing extracts.",
+)
+console = Console()
+errors = Console(stderr=True, soft_wrap=True)
+
+ExtractsOption = Annotated[Path, typer.Option("--extracts", help="Folder of billing_month=YYYY-MM extract folders.")]
+StoreOption = Annotated[Path, typer.Option("--store", help="Output store folder.")]
+RulebookOption = Annotated[Path | None, typer.Option("--rulebook", help="Rulebook TOML (default: bundled).")]
+OverrideOption = Annotated[
+    bool, typer.Option("--override-guards", help="Publish even if an input guard fails (recorded).")
+]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+T = TypeVar("T")
+
+_PREFECT_DEFAULTS = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+class _NoTracebacks(logging.Filter):
+    """Keeps Prefect's console quiet about the exception the CLI reports in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None and "Traceback" not in record.getMessage()
+
+
+def _quiet_prefect_tracebacks() -> None:
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    loggers = [
+        logging.getLogger(),
+        *[logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict) if name.startswith("prefect")],
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            handler.addFilter(_NoTracebacks())
+
+
+def _guarded(debug: bool, action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except (PipelineError, RulebookError) as exc:
+        if debug:
+            raise
+        errors.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        errors.print("error: interrupted; rerun the same command to finish", markup=False)
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        errors.print(
+            f"error: unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
+
+
+def _start_prefect(debug: bool) -> Any:
+    for key, value in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from flows import monthly
+
+    if not debug:
+        _quiet_prefect_tracebacks()
+    return monthly
+
+
+def _print_summary(manifests: list[dict[str, Any]]) -> None:
+    if not manifests:
+        return
+    last = manifests[-1]
+    import polars as pl
+
+    summary = pl.DataFrame(last["summary"]).with_columns(pl.col("level").fill_null("(none)"))
+    for dimension in ("level", "action"):
+        counts = summary.group_by("program", dimension).agg(pl.col("len").sum()).sort("program", dimension)
+        table = Table(title=f"billing month {last['billing_month']}: {dimension}s per program")
+        for column in ("program", dimension, "subscribers"):
+            table.add_column(column, justify="right" if column == "subscribers" else "left")
+        for program, value, count in counts.iter_rows():
+            table.add_row(program, value, str(count))
+        console.print(table)
+    for manifest in manifests:
+        tables = manifest["tables"]
+        console.print(
+            f"{manifest['billing_month']}: {tables['tier_assignments']['rows']} tier rows, "
+            f"{tables['card_issuance']['rows']} card events, {tables['quarantine']['rows']} quarantined, "
+            f"{manifest['duplicates_collapsed']} duplicates collapsed",
+            highlight=False,
+        )
+
+
+def _preflight(store: Path, rulebook: Path | None) -> None:
+    load_rulebook(rulebook)
+    from billing_tiers.store import Store
+
+    Store(store).root.mkdir(parents=True, exist_ok=True)
+
+
+@app.command()
+def run(
+    month: Annotated[str, typer.Option("--month", help="Billing month YYYY-MM.")],
+    extracts: ExtractsOption = Path("data/sample/extracts"),
+    store: StoreOption = Path("data/store"),
+    rulebook: RulebookOption = None,
+    override_guards: OverrideOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
+
+    def action() -> list[dict[str, Any]]:
+        from billing_tiers.history import plan_run
+        from billing_tiers.store import Store, extract_files
+
+        target = parse_month(month)
+        _preflight(store, rulebook)
+        extract_files(extracts, target)
+        plan_run(Store(store), target)
+        monthly = _start_prefect(debug)
+        result: list[dict[str, Any]] = monthly.monthly_tiers(
+            month=month_label(target),
+            extracts=str(extracts),
+            store=str(store),
+            rulebook=str(rulebook) if rulebook else None,
+            override_guards=override_guards,
+        )
+        return result
+
+    _print_summary(_guarded(debug, action))
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option("--from", help="First billing month to recompute.")],
+    end: Annotated[str | None, typer.Option("--to", help="Last month (default: latest with an extract).")] = None,
+    extracts: ExtractsOption = Path("data/sample/extracts"),
+    store: StoreOption = Path("data/store"),
+    rulebook: RulebookOption = None,
+    override_guards: OverrideOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Recompute months in order from --from through --to, replacing what was published."""
+
+    def action() -> list[dict[str, Any]]:
+        from billing_tiers.history import plan_backfill
+        from billing_tiers.store import Store
+
+        first = parse_month(start)
+        last = parse_month(end) if end else None
+        _preflight(store, rulebook)
+        plan_backfill(Store(store), extracts, first, last)
+        monthly = _start_prefect(debug)
+        result: list[dict[str, Any]] = monthly.backfill_tiers(
+            start=month_label(first),
+            end=month_label(last) if last else None,
+            extracts=str(extracts),
+            store=str(store),
+            rulebook=str(rulebook) if rulebook else None,
+            override_guards=override_guards,
+        )
+        return result
+
+    _print_summary(_guarded(debug, action))
+
+
+@app.command()
+def status(
+    store: StoreOption = Path("data/store"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """List published months, their manifests, and any month that is stale or incomplete."""
+    from billing_tiers.history import store_status
+    from billing_tiers.store import Store
+
+    the_store = Store(store)
+    statuses = _guarded(debug, lambda: store_status(the_store))
+    pending = sorted(p.name for p in (the_store.root / "_staging").glob("*")) if the_store.root.is_dir() else []
+    rows = [
+        {
+            "billing_month": month_label(s.month),
+            "status": "ok" if s.healthy else s.problem,
+            "run_id": (s.manifest or {}).get("run_id"),
+            "built_from": ((s.manifest or {}).get("built_from") or {}).get("month"),
+            "created_at": (s.manifest or {}).get("created_at"),
+            "tier_rows": ((s.manifest or {}).get("tables", {}).get("tier_assignments") or {}).get("rows"),
+            "quarantined": ((s.manifest or {}).get("tables", {}).get("quarantine") or {}).get("rows"),
+            "guards_overridden": ((s.manifest or {}).get("guards") or {}).get("overridden"),
+        }
+        for s in statuses
+    ]
+    if as_json:
+        print(json.dumps({"months": rows, "interrupted_publishes": pending}, indent=2))
+    else:
+        table = Table(title=f"store {store}")
+        for column in ("billing_month", "status", "built_from", "run_id", "tier_rows", "quarantined"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(
+                *[
+                    str(row[c]) if row[c] is not None else "-"
+                    for c in ("billing_month", "status", "built_from", "run_id", "tier_rows", "quarantined")
+                ]
+            )
+        console.print(table)
+        if not rows:
+            console.print("no month published yet")
+        if pending:
+            console.print(f"interrupted publishes (finished by the next run or backfill): {', '.join(pending)}")
+    if any(not s.healthy for s in statuses) or pending:
+        raise typer.Exit(3)
+
+
+@app.command()
+def explain(
+    month: Annotated[str, typer.Option("--month", help="Billing month YYYY-MM.")],
+    subscriber: Annotated[str, typer.Option("--subscriber", help="subscriber_id")],
+    program: Annotated[str | None, typer.Option("--program", help="Only this program.")] = None,
+    store: StoreOption = Path("data/store"),
+    debug: DebugOption = False,
+) -> None:
+    """Say why a subscriber has the level it has in a month: metrics, thresholds, action."""
+    from billing_tiers.store import Store
+
+    def action() -> list[dict[str, Any]]:
+        the_store = Store(store)
+        frame = the_store.read_table("tier_assignments", parse_month(month))
+        import polars as pl
+
+        rows = frame.filter(pl.col("subscriber_id") == subscriber)
+        if program:
+            rows = rows.filter(pl.col("program") == program)
+        if rows.height == 0:
+            raise PipelineError(
+                f"month {month}: no tier row for subscriber {subscriber!r}"
+                + (f" in program {program}" if program else "")
+            )
+        return rows.to_dicts()
+
+    for row in _guarded(debug, action):
+        console.print(f"[bold]{row['program']}[/bold] {subscriber} {month} (evaluated {row['evaluated_on']})")
+        console.print(
+            f"  action {row['action']}: {row['previous_level'] or 'none'} -> {row['level'] or 'none'}"
+            f" (qualified: {row['qualified_level'] or 'none'})",
+            highlight=False,
+        )
+        if row["valid_until"]:
+            console.print(
+                f"  valid {row['valid_from']} .. {row['valid_until']}, card {row['card_id'] or '-'}",
+                highlight=False,
+            )
+        console.print(f"  reason: {row['reason'] or '(level unchanged)'}", highlight=False, markup=False)
+        console.print(
+            f"  billed_6m {row['billed_6m']}, avg_billed_6m {row['avg_billed_6m']}, month_paid {row['month_paid']},"
+            f" cum_paid {row['cum_paid']}, tenure_years {row['tenure_years']}, suspensions_6m"
+            f" {row['suspensions_6m']}, points {row['points_balance']}, score {row['score']},"
+            f" present {row['present']}, eligible {row['eligible']}",
+            highlight=False,
+        )
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

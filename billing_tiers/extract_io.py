@@ -1,0 +1,173 @@
+"""Reading one month's extract files into the normalized frame, with file-level refusals.
+
+File-level problems (SPEC section 2, step 1) stop the run with a message naming the file and the
+column: an unreadable or non-Parquet file, a missing required column, a column whose type cannot be
+read as the contract's type, or a ``billing_month`` column that disagrees with the folder. Money is
+converted to integer fen here, exactly; row-level value rules are left to the Pandera schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from billing_tiers.errors import PipelineError
+from billing_tiers.months import month_label
+
+_STRING = "string"
+_BOOL = "bool"
+_DATE = "date"
+_MONEY = "decimal(12,2)"
+_INT = "integer"
+
+EXTRACT_COLUMNS: dict[str, str] = {
+    "subscriber_id": _STRING,
+    "customer_type": _STRING,
+    "service_type": _STRING,
+    "plan_category": _STRING,
+    "payment_type": _STRING,
+    "account_class": _STRING,
+    "real_name_verified": _BOOL,
+    "brand": _STRING,
+    "activation_date": _DATE,
+    "status": _STRING,
+    "billed_amount": _MONEY,
+    "paid_amount": _MONEY,
+    "suspension_count": _INT,
+    "points_balance": _INT,
+}
+"""The extract contract: column -> the kind of type it must be readable as."""
+
+MONTH_COLUMN = "billing_month"
+
+
+@dataclass(frozen=True)
+class ExtractFile:
+    """One file as read: its normalized rows and what the manifest should say about it."""
+
+    path: Path
+    rows: pl.DataFrame
+    sha256: str
+    ignored_columns: tuple[str, ...]
+
+
+def _value_type(arrow_type: pa.DataType) -> pa.DataType:
+    return arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+
+
+def _readable(kind: str, arrow_type: pa.DataType) -> bool:
+    arrow_type = _value_type(arrow_type)
+    if pa.types.is_null(arrow_type):
+        return True
+    if kind == _STRING:
+        return (
+            pa.types.is_string(arrow_type)
+            or pa.types.is_large_string(arrow_type)
+            or (pa.types.is_string_view(arrow_type))
+        )
+    if kind == _BOOL:
+        return pa.types.is_boolean(arrow_type)
+    if kind == _DATE:
+        return pa.types.is_date(arrow_type) or pa.types.is_timestamp(arrow_type)
+    if kind == _MONEY:
+        return pa.types.is_integer(arrow_type) or (pa.types.is_decimal(arrow_type) and arrow_type.scale <= 2)
+    if kind == _INT:
+        return pa.types.is_integer(arrow_type)
+    raise AssertionError(kind)
+
+
+def _to_date(column: pa.ChunkedArray, where: str) -> pa.ChunkedArray:
+    if pa.types.is_timestamp(column.type):
+        as_date = pc.cast(column, pa.date32())
+        if pc.all(pc.equal(pc.cast(as_date, column.type), column)).as_py() not in (True, None):
+            raise PipelineError(f"{where}: activation_date has times of day; expected a date")
+        return as_date
+    return pc.cast(column, pa.date32())
+
+
+def _money_to_fen(column: pa.ChunkedArray, where: str, name: str) -> pa.ChunkedArray:
+    """Exact yuan -> integer fen: decimals are rescaled to scale 2 and read as their unscaled integer."""
+    if pa.types.is_integer(column.type) or pa.types.is_null(column.type):
+        as_int = pc.cast(column, pa.int64())
+        try:
+            return pc.multiply_checked(as_int, pa.scalar(100, pa.int64()))
+        except pa.ArrowInvalid as exc:
+            raise PipelineError(f"{where}: {name} holds a value too large for an amount") from exc
+    try:
+        scaled = pc.cast(column, pa.decimal128(30, 2))
+        fen = pc.cast(pc.multiply(scaled, pa.scalar(100, pa.decimal128(3, 0))), pa.decimal128(34, 0))
+        return pc.cast(fen, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise PipelineError(f"{where}: {name} holds a value too large for an amount") from exc
+
+
+def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
+    """Read and normalize one extract file, or raise PipelineError naming the file and column."""
+    where = f"extract {path.relative_to(root) if path.is_relative_to(root) else path}"
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise PipelineError(f"{where}: not a readable Parquet file ({exc})") from exc
+    names = set(schema.names)
+    for column, kind in EXTRACT_COLUMNS.items():
+        if column not in names:
+            raise PipelineError(f"{where}: required column {column} is missing")
+        if not _readable(kind, schema.field(column).type):
+            raise PipelineError(
+                f"{where}: column {column} has type {schema.field(column).type}, which cannot be read as {kind}"
+            )
+    wanted = [*EXTRACT_COLUMNS, *([MONTH_COLUMN] if MONTH_COLUMN in names else [])]
+    try:
+        table = pq.read_table(path, columns=wanted)
+    except (OSError, pa.ArrowException) as exc:
+        raise PipelineError(f"{where}: not a readable Parquet file ({exc})") from exc
+    if MONTH_COLUMN in names:
+        _check_month_column(table.column(MONTH_COLUMN), month, where)
+    columns: dict[str, pa.ChunkedArray] = {}
+    for column, kind in EXTRACT_COLUMNS.items():
+        values = table.column(column)
+        if pa.types.is_dictionary(values.type):
+            values = pc.cast(values, values.type.value_type)
+        if kind == _STRING:
+            columns[column] = pc.cast(values, pa.large_string())
+        elif kind == _BOOL:
+            columns[column] = pc.cast(values, pa.bool_())
+        elif kind == _DATE:
+            columns[column] = _to_date(values, where)
+        elif kind == _MONEY:
+            fen_name = "billed_fen" if column == "billed_amount" else "paid_fen"
+            columns[fen_name] = _money_to_fen(values, where, column)
+        else:
+            try:
+                columns[column] = pc.cast(values, pa.int64())
+            except pa.ArrowInvalid as exc:
+                raise PipelineError(f"{where}: {column} holds a value too large for an integer") from exc
+    rows = pl.from_arrow(pa.table(columns))
+    assert isinstance(rows, pl.DataFrame)
+    from billing_tiers.store import sha256_file
+
+    ignored = tuple(sorted(names - set(EXTRACT_COLUMNS) - {MONTH_COLUMN}))
+    return ExtractFile(path=path, rows=rows, sha256=sha256_file(path), ignored_columns=ignored)
+
+
+def _check_month_column(values: pa.ChunkedArray, month: dt.date, where: str) -> None:
+    expected = month_label(month)
+    if pa.types.is_dictionary(values.type):
+        values = pc.cast(values, values.type.value_type)
+    if pa.types.is_date(values.type) or pa.types.is_timestamp(values.type):
+        text = pc.strftime(pc.cast(values, pa.timestamp("s")), format="%Y-%m")
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        text = values
+    else:
+        raise PipelineError(f"{where}: column billing_month has type {values.type}; expected the text {expected}")
+    bad = pc.sum(pc.invert(pc.fill_null(pc.equal(text, expected), False))).as_py() or 0
+    if bad:
+        raise PipelineError(
+            f"{where}: column billing_month disagrees with the folder month {expected} in {bad} rows; file refused"
+        )

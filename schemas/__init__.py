@@ -1,0 +1,1 @@
+"""Pandera (polars backend) models of the extract and of every published table."""

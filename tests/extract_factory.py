@@ -1,0 +1,69 @@
+"""Builds extract rows and writes them as contract-typed Parquet files for tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+EXTRACT_SCHEMA = pa.schema(
+    [
+        ("subscriber_id", pa.string()),
+        ("customer_type", pa.string()),
+        ("service_type", pa.string()),
+        ("plan_category", pa.string()),
+        ("payment_type", pa.string()),
+        ("account_class", pa.string()),
+        ("real_name_verified", pa.bool_()),
+        ("brand", pa.string()),
+        ("activation_date", pa.date32()),
+        ("status", pa.string()),
+        ("billed_amount", pa.decimal128(12, 2)),
+        ("paid_amount", pa.decimal128(12, 2)),
+        ("suspension_count", pa.int32()),
+        ("points_balance", pa.int64()),
+    ]
+)
+
+
+def row(
+    subscriber_id: str, billed: str | Decimal = "100.00", paid: str | Decimal | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """One extract row: an eligible individual mobile postpaid line unless overridden."""
+    base: dict[str, Any] = {
+        "subscriber_id": subscriber_id,
+        "customer_type": "individual",
+        "service_type": "mobile",
+        "plan_category": "standard",
+        "payment_type": "postpaid",
+        "account_class": "normal",
+        "real_name_verified": True,
+        "brand": "gotone",
+        "activation_date": dt.date(2010, 1, 15),
+        "status": "active",
+        "billed_amount": Decimal(billed),
+        "paid_amount": Decimal(paid if paid is not None else billed),
+        "suspension_count": 0,
+        "points_balance": 0,
+    }
+    base.update(overrides)
+    return base
+
+
+def write_extract(
+    extracts: Path,
+    month: str,
+    rows: list[dict[str, Any]],
+    *,
+    name: str = "part-0.parquet",
+    schema: pa.Schema = EXTRACT_SCHEMA,
+) -> Path:
+    folder = extracts / f"billing_month={month}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path

@@ -1,0 +1,231 @@
+"""One month's evaluation, from the cleaned extract and the previous state to every output table.
+
+:func:`evaluate_month` is pure: LazyFrames and typed settings in, LazyFrames out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import polars as pl
+
+from rulebook import Rulebook
+from transforms.carry_forward import MEMBERSHIP_SCHEMA, decide
+from transforms.metrics import carry_subscribers, next_state
+from transforms.money import fen_to_yuan
+from transforms.qualification import qualify
+
+TIER_COLUMNS = (
+    "program",
+    "subscriber_id",
+    "evaluated_on",
+    "qualified_level",
+    "previous_level",
+    "level",
+    "action",
+    "valid_from",
+    "valid_until",
+    "card_id",
+    "reason",
+    "eligible",
+    "present",
+    "months_absent",
+    "billed_6m",
+    "avg_billed_6m",
+    "month_paid",
+    "cum_paid",
+    "tenure_years",
+    "suspensions_6m",
+    "points_balance",
+    "score",
+)
+CARD_COLUMNS = (
+    "card_id",
+    "program",
+    "subscriber_id",
+    "level",
+    "event",
+    "reason",
+    "event_date",
+    "valid_from",
+    "valid_until",
+)
+
+
+@dataclass(frozen=True)
+class MonthTables:
+    """Everything one evaluation produces (each table without its ``billing_month`` partition column)."""
+
+    tier_assignments: pl.LazyFrame
+    card_issuance: pl.LazyFrame
+    state: pl.LazyFrame
+    memberships: pl.LazyFrame
+
+
+def _program_rows(
+    subscribers: pl.LazyFrame,
+    memberships: pl.LazyFrame,
+    *,
+    name: str,
+    program: object,
+    rulebook: Rulebook,
+    month: dt.date,
+) -> pl.LazyFrame:
+    held = memberships.filter(pl.col("program") == name).select(
+        "subscriber_id",
+        pl.col("level").alias("previous_level"),
+        pl.col("valid_from").alias("previous_valid_from"),
+        pl.col("valid_until").alias("previous_valid_until"),
+        pl.col("card_id").alias("previous_card_id"),
+    )
+    frame = qualify(subscribers, program=program).join(held, on="subscriber_id", how="left")
+    return decide(
+        frame,
+        program_name=name,
+        levels=list(program.levels),  # type: ignore[attr-defined]
+        card_levels=list(program.card_levels),  # type: ignore[attr-defined]
+        card_prefix=program.card_prefix,  # type: ignore[attr-defined]
+        retention=program.retention,  # type: ignore[attr-defined]
+        month=month,
+        calendar=rulebook.calendar,
+        forget_after_months=rulebook.metrics.forget_after_months,
+    )
+
+
+def _tier_row(frame: pl.LazyFrame) -> pl.LazyFrame:
+    return frame.select(
+        "program",
+        "subscriber_id",
+        "evaluated_on",
+        "qualified_level",
+        "previous_level",
+        "level",
+        "action",
+        "valid_from",
+        "valid_until",
+        "card_id",
+        "reason",
+        "eligible",
+        "present",
+        "months_absent",
+        fen_to_yuan(pl.col("billed_6m_fen")).alias("billed_6m"),
+        fen_to_yuan(pl.col("avg_billed_6m_fen")).alias("avg_billed_6m"),
+        fen_to_yuan(pl.col("paid_fen")).alias("month_paid"),
+        fen_to_yuan(pl.col("cum_paid_fen")).alias("cum_paid"),
+        "tenure_years",
+        pl.col("suspensions_6m").cast(pl.Int64),
+        "points_balance",
+        "score",
+    )
+
+
+def _card_events(frame: pl.LazyFrame) -> pl.LazyFrame:
+    voids = frame.filter(pl.col("void_reason").is_not_null()).select(
+        pl.col("previous_card_id").alias("card_id"),
+        "program",
+        "subscriber_id",
+        pl.col("previous_level").alias("level"),
+        pl.lit("void").alias("event"),
+        pl.col("void_reason").alias("reason"),
+        pl.col("evaluated_on").alias("event_date"),
+        pl.col("previous_valid_from").alias("valid_from"),
+        pl.col("previous_valid_until").alias("valid_until"),
+    )
+    issues = frame.filter(pl.col("issue_reason").is_not_null()).select(
+        "card_id",
+        "program",
+        "subscriber_id",
+        "level",
+        pl.lit("issue").alias("event"),
+        pl.col("issue_reason").alias("reason"),
+        pl.col("evaluated_on").alias("event_date"),
+        "valid_from",
+        "valid_until",
+    )
+    return pl.concat([voids, issues])
+
+
+def evaluate_month(
+    *,
+    valid_rows: pl.LazyFrame,
+    state: pl.LazyFrame,
+    memberships: pl.LazyFrame,
+    month: dt.date,
+    month_end: dt.date,
+    rulebook: Rulebook,
+) -> MonthTables:
+    """Evaluate billing month ``month`` for every enabled program of ``rulebook``."""
+    subscribers = carry_subscribers(
+        state=state,
+        valid_rows=valid_rows,
+        month=month,
+        month_end=month_end,
+        window_months=rulebook.metrics.window_months,
+        forget_after_months=rulebook.metrics.forget_after_months,
+        average_divisor=rulebook.metrics.average_divisor,
+    )
+    programs = list(rulebook.enabled_programs().items())
+    order = {name: i for i, (name, _) in enumerate(programs)}
+    decided = pl.concat(
+        [
+            _tier_row_source
+            for name, program in programs
+            for _tier_row_source in [
+                _program_rows(
+                    subscribers, memberships, name=name, program=program, rulebook=rulebook, month=month
+                ).select(
+                    *TIER_SOURCE_COLUMNS,
+                )
+            ]
+        ],
+        how="vertical",
+    ).with_columns(pl.col("program").replace_strict(order, return_dtype=pl.Int32).alias("program_order"))
+    tier = _tier_row(decided.sort("program_order", "subscriber_id"))
+    event_order = pl.col("event").replace_strict({"void": 0, "issue": 1}, return_dtype=pl.Int32)
+    cards = (
+        _card_events(decided)
+        .with_columns(pl.col("program").replace_strict(order, return_dtype=pl.Int32).alias("program_order"))
+        .sort("program_order", "subscriber_id", event_order)
+        .drop("program_order")
+    )
+    staying = decided.filter(~pl.col("leaves") & pl.col("level").is_not_null())
+    next_memberships = staying.sort("program_order", "subscriber_id").select(list(MEMBERSHIP_SCHEMA))
+    return MonthTables(
+        tier_assignments=tier,
+        card_issuance=cards,
+        state=next_state(subscribers),
+        memberships=next_memberships,
+    )
+
+
+TIER_SOURCE_COLUMNS = (
+    "program",
+    "subscriber_id",
+    "evaluated_on",
+    "qualified_level",
+    "previous_level",
+    "level",
+    "action",
+    "valid_from",
+    "valid_until",
+    "card_id",
+    "reason",
+    "eligible",
+    "present",
+    "months_absent",
+    "billed_6m_fen",
+    "avg_billed_6m_fen",
+    "paid_fen",
+    "cum_paid_fen",
+    "tenure_years",
+    "suspensions_6m",
+    "points_balance",
+    "score",
+    "leaves",
+    "issue_reason",
+    "void_reason",
+    "previous_card_id",
+    "previous_valid_from",
+    "previous_valid_until",
+)

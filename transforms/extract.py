@@ -1,0 +1,57 @@
+"""Cleaning one month's rows before they are evaluated (SPEC section 2, steps 2 to 4).
+
+Exact duplicates collapse to one row; a subscriber with different rows in the month is quarantined
+whole (``conflicting_rows``); rows that broke a value rule are quarantined with the rule's name.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from schemas.extract import CONFLICTING_ROWS, CONTRACT_COLUMNS
+from transforms.money import fen_to_yuan
+
+SOURCE_FILE = "source_file"
+SOURCE_ROW = "source_row"
+ROW_ID = "row_id"
+
+
+def collapse_duplicates(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """Keep the first of each set of rows equal in every contract column (file order preserved)."""
+    return rows.unique(subset=list(CONTRACT_COLUMNS), keep="first", maintain_order=True)
+
+
+def conflicting_row_ids(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """Row ids of every row whose subscriber has two or more different rows (after duplicates)."""
+    return (
+        rows.filter(pl.col("subscriber_id").is_not_null())
+        .filter(pl.len().over("subscriber_id") > 1)
+        .select(ROW_ID, pl.lit(CONFLICTING_ROWS).alias("rule"), pl.lit("").alias("detail"))
+    )
+
+
+def quarantine_table(rows: pl.LazyFrame, *, failures: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per rejected input row: its file, position, columns and the rules it broke.
+
+    ``failures`` has ``row_id, rule, detail`` (several per row possible); the first rule in
+    ``failures`` order is the row's ``rule`` and all of them are listed in ``broken_rules``.
+    """
+    per_row = failures.group_by(ROW_ID, maintain_order=True).agg(
+        pl.col("rule").first(),
+        pl.concat_str([pl.col("rule"), pl.col("detail")], separator="=").str.join("; ").alias("broken_rules"),
+    )
+    money = [
+        fen_to_yuan(pl.col("billed_fen")).alias("billed_amount"),
+        fen_to_yuan(pl.col("paid_fen")).alias("paid_amount"),
+    ]
+    contract = [c for c in CONTRACT_COLUMNS if c not in ("billed_fen", "paid_fen")]
+    return (
+        rows.join(per_row, on=ROW_ID, how="inner")
+        .sort(ROW_ID)
+        .select(SOURCE_FILE, SOURCE_ROW, "rule", "broken_rules", *contract, *money)
+    )
+
+
+def presence(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """Subscriber ids with any row in the month's extract, valid or not (for the missing guard)."""
+    return rows.select("subscriber_id").drop_nulls().unique().sort("subscriber_id")
