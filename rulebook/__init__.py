@@ -146,6 +146,8 @@ class _ProgramBase(_Strict):
         unknown = [level for level in self.card_levels if level not in self.levels]
         if unknown:
             raise ValueError(f"card_levels: unknown level {unknown[0]!r} (levels: {', '.join(self.levels)})")
+        if self.card_levels and self.retention != "validity":
+            raise ValueError('card_levels: cards need retention "validity" (a card has a validity window)')
         return self
 
     def _check_level_keys(self, key: str, mapping: dict[str, Any]) -> None:

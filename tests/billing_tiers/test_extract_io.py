@@ -1,0 +1,116 @@
+"""File-level refusals when reading an extract (SPEC section 2, step 1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from billing_tiers.errors import PipelineError
+from billing_tiers.extract_io import read_extract_file
+from tests.extract_factory import EXTRACT_SCHEMA, row, write_extract
+
+MONTH = dt.date(2024, 3, 1)
+
+
+def read(path: Path, root: Path) -> object:
+    return read_extract_file(path, month=MONTH, root=root)
+
+
+def test_a_good_file_reads_money_as_exact_fen(tmp_path: Path) -> None:
+    path = write_extract(tmp_path, "2024-03", [row("a", "149.99", paid="-0.05")])
+    extract = read_extract_file(path, month=MONTH, root=tmp_path)
+    assert extract.rows["billed_fen"].to_list() == [14999]
+    assert extract.rows["paid_fen"].to_list() == [-5]
+    assert extract.ignored_columns == ()
+
+
+def test_extra_columns_are_ignored_and_listed(tmp_path: Path) -> None:
+    schema = EXTRACT_SCHEMA.append(pa.field("region", pa.string()))
+    path = write_extract(tmp_path, "2024-03", [{**row("a"), "region": "north"}], schema=schema)
+    extract = read_extract_file(path, month=MONTH, root=tmp_path)
+    assert extract.ignored_columns == ("region",)
+    assert "region" not in extract.rows.columns
+
+
+def test_a_non_parquet_file_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "billing_month=2024-03" / "part-0.parquet"
+    path.parent.mkdir(parents=True)
+    path.write_text("subscriber_id,billed\n1,2\n")
+    with pytest.raises(PipelineError, match=r"billing_month=2024-03/part-0.parquet: not a readable Parquet file"):
+        read(path, tmp_path)
+
+
+def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
+    path = write_extract(tmp_path, "2024-03", [row(f"s{i}") for i in range(100)])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PipelineError, match="not a readable Parquet file"):
+        read(path, tmp_path)
+
+
+def test_a_missing_column_is_refused_naming_it(tmp_path: Path) -> None:
+    schema = pa.schema([f for f in EXTRACT_SCHEMA if f.name != "paid_amount"])
+    rows = [{k: v for k, v in row("a").items() if k != "paid_amount"}]
+    path = write_extract(tmp_path, "2024-03", rows, schema=schema)
+    with pytest.raises(PipelineError, match="required column paid_amount is missing"):
+        read(path, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("column", "arrow_type", "value"),
+    [
+        ("billed_amount", pa.string(), "12.00"),
+        ("billed_amount", pa.float64(), 12.0),
+        ("billed_amount", pa.decimal128(12, 3), Decimal("1.234")),
+        ("activation_date", pa.string(), "2020-01-01"),
+        ("real_name_verified", pa.string(), "yes"),
+        ("suspension_count", pa.float64(), 1.0),
+        ("subscriber_id", pa.int64(), 138),
+    ],
+)
+def test_a_mistyped_column_is_refused_naming_it(
+    tmp_path: Path, column: str, arrow_type: pa.DataType, value: object
+) -> None:
+    schema = pa.schema([pa.field(column, arrow_type) if f.name == column else f for f in EXTRACT_SCHEMA])
+    path = write_extract(tmp_path, "2024-03", [{**row("a"), column: value}], schema=schema)
+    with pytest.raises(PipelineError, match=f"column {column} has type"):
+        read(path, tmp_path)
+
+
+def test_lenient_but_exact_types_are_accepted(tmp_path: Path) -> None:
+    schema = pa.schema(
+        [
+            pa.field("billed_amount", pa.int32())
+            if f.name == "billed_amount"
+            else pa.field("customer_type", pa.dictionary(pa.int8(), pa.string()))
+            if f.name == "customer_type"
+            else pa.field("activation_date", pa.timestamp("ms"))
+            if f.name == "activation_date"
+            else f
+            for f in EXTRACT_SCHEMA
+        ]
+    )
+    values = {**row("a"), "billed_amount": 150, "activation_date": dt.datetime(2020, 1, 1)}
+    table = pa.Table.from_pylist([values], schema=schema)
+    folder = tmp_path / "billing_month=2024-03"
+    folder.mkdir()
+    pq.write_table(table, folder / "p.parquet")
+    extract = read(folder / "p.parquet", tmp_path)
+    assert extract.rows["billed_fen"].to_list() == [15000]  # type: ignore[attr-defined]
+    assert extract.rows["activation_date"].to_list() == [dt.date(2020, 1, 1)]  # type: ignore[attr-defined]
+
+
+def test_a_billing_month_column_must_match_the_folder(tmp_path: Path) -> None:
+    schema = EXTRACT_SCHEMA.append(pa.field("billing_month", pa.string()))
+    good = write_extract(tmp_path, "2024-03", [{**row("a"), "billing_month": "2024-03"}], schema=schema)
+    assert read_extract_file(good, month=MONTH, root=tmp_path).ignored_columns == ()
+    bad = write_extract(
+        tmp_path, "2024-03", [{**row("a"), "billing_month": "2024-02"}], schema=schema, name="other.parquet"
+    )
+    with pytest.raises(PipelineError, match="column billing_month disagrees with the folder month 2024-03"):
+        read(bad, tmp_path)
