@@ -1,0 +1,115 @@
+"""End to end: the Prefect flows over the bundled sample data, reruns, and refusals."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from billing_tiers.errors import PipelineError
+from billing_tiers.history import store_status
+from billing_tiers.store import TABLES, Store
+from flows.monthly import backfill_tiers, monthly_tiers
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "extracts"
+FIRST, LAST = "2024-01", "2026-03"
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("store")
+    backfill_tiers(start=FIRST, extracts=str(SAMPLE), store=str(store))
+    return store
+
+
+def read_all(store: Path, table: str) -> pl.DataFrame:
+    return pl.read_parquet(store / table, hive_partitioning=True)
+
+
+def test_backfill_publishes_every_month_healthy(sample_store: Path) -> None:
+    statuses = store_status(Store(sample_store))
+    assert [s.problem for s in statuses] == [None] * 27
+    assert statuses[-1].manifest is not None
+    assert statuses[-1].manifest["built_from"]["month"] == "2026-02"
+
+
+def test_every_action_of_every_retention_occurs_in_the_sample(sample_store: Path) -> None:
+    tiers = read_all(sample_store, "tier_assignments")
+    actions = tiers.group_by("program").agg(pl.col("action").unique()).rows()
+    seen = {program: set(found) for program, found in actions}
+    validity = {"none", "new", "upgrade", "renew", "downgrade", "retain", "lapse", "terminate"}
+    assert seen["unicom_vip"] == validity
+    assert seen["unicom_star"] == validity
+    assert seen["cmcc_credit"] == {"none", "new", "upgrade", "downgrade", "retain", "lapse", "terminate"}
+    assert seen["points_redemption"] == {"none", "new", "retain", "terminate", "lapse"}
+    cards = read_all(sample_store, "card_issuance")
+    assert set(cards["reason"].unique()) == {"new", "upgrade", "renewal", "replaced", "lapsed", "cancelled"}
+    assert cards.filter(pl.col("event") == "issue")["card_id"].is_unique().all()
+    levels = tiers.filter(pl.col("program") == "unicom_vip")["level"].unique().drop_nulls()
+    assert set(levels) == {"silver", "gold", "diamond", "supreme"}
+
+
+def test_sample_boundary_subscribers(sample_store: Path) -> None:
+    tiers = read_all(sample_store, "tier_assignments").filter(pl.col("program") == "unicom_vip")
+
+    def best(subscriber: str) -> set[str]:
+        return set(tiers.filter(pl.col("subscriber_id") == subscriber)["qualified_level"].drop_nulls())
+
+    assert "silver" in best("13900000101")  # exactly 900.00 over six months
+    assert best("13900000102") == set()  # 899.98
+    assert best("13900000104") == set()  # average 149.9967 must not round up
+    assert "supreme" in best("13900000201") and "supreme" not in best("13900000202")
+
+
+def test_readers_see_billing_month_from_the_partition(sample_store: Path) -> None:
+    import duckdb
+
+    months = duckdb.sql(
+        f"select count(distinct billing_month) from read_parquet('{sample_store}/tier_assignments/**/*.parquet',"
+        " hive_partitioning=true)"
+    ).fetchall()
+    assert months == [(27,)]
+    import pandas
+
+    frame = pandas.read_parquet(sample_store / "quarantine")
+    assert frame["billing_month"].astype(str).nunique() == 27
+    lazy = pl.scan_parquet(sample_store / "card_issuance").filter(pl.col("billing_month") == LAST).collect()
+    assert lazy.height > 0
+
+
+def test_a_rerun_of_the_latest_month_gives_identical_tables(sample_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "copy"
+    shutil.copytree(sample_store, store)
+    before = {t: pl.read_parquet(Store(store).table_file(t, _month(LAST))) for t in TABLES}
+    monthly_tiers(month=LAST, extracts=str(SAMPLE), store=str(store))
+    for table in TABLES:
+        after = pl.read_parquet(Store(store).table_file(table, _month(LAST)))
+        assert after.equals(before[table]), table
+    assert all(s.healthy for s in store_status(Store(store)))
+
+
+def test_backfill_of_a_middle_month_reproduces_the_same_history(sample_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "copy"
+    shutil.copytree(sample_store, store)
+    backfill_tiers(start="2025-10", extracts=str(SAMPLE), store=str(store))
+    for table in ("tier_assignments", "card_issuance", "state", "memberships"):
+        assert read_all(store, table).equals(read_all(sample_store, table)), table
+
+
+def test_run_refuses_out_of_order_months(sample_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "copy"
+    shutil.copytree(sample_store, store)
+    with pytest.raises(PipelineError, match="earlier than the latest published month 2026-03; use `billing-tiers"):
+        monthly_tiers(month="2025-01", extracts=str(SAMPLE), store=str(store))
+    with pytest.raises(PipelineError, match="month 2026-04 is missing"):
+        monthly_tiers(month="2026-05", extracts=str(SAMPLE), store=str(store))
+
+
+def _month(label: str):  # type: ignore[no-untyped-def]
+    from billing_tiers.months import parse_month
+
+    return parse_month(label)

@@ -1,0 +1,395 @@
+"""Cross-checks the engine against tests/reference_model.py (SPEC sections 3 to 5, default rulebook).
+
+The reference is written from the SPEC alone. A property test runs random monthly histories
+through both and compares every month's tier rows and card events (card ids aside); the
+deterministic tests below pin the trickiest cases and also assert the SPEC's figures directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.engine import Engine
+from tests.extract_factory import row
+from tests.reference_model import CREDIT, POINTS, STAR, VIP, ReferenceModel, last_day, month_index, month_label
+
+TIER_KEYS = [
+    "program",
+    "subscriber_id",
+    "evaluated_on",
+    "qualified_level",
+    "previous_level",
+    "level",
+    "action",
+    "valid_from",
+    "valid_until",
+]
+CARD_KEYS = ["program", "subscriber_id", "level", "event", "reason", "event_date", "valid_from", "valid_until"]
+
+
+def _sort_key(item: dict[str, Any]) -> tuple[str, ...]:
+    return tuple("" if item[k] is None else str(item[k]) for k in sorted(item))
+
+
+def _rows(frame: pl.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
+    return sorted((dict(zip(keys, r, strict=True)) for r in frame.select(keys).iter_rows()), key=_sort_key)
+
+
+def run_both(first: str, monthly_rows: list[list[dict[str, Any]]]) -> tuple[Engine, ReferenceModel]:
+    """Runs engine and reference month by month, asserting equal tier rows and card events each month."""
+    engine, reference = Engine(), ReferenceModel()
+    start = month_index(first)
+    for offset, rows in enumerate(monthly_rows):
+        month = month_label(start + offset)
+        engine_tiers = _rows(engine.run(month, rows), TIER_KEYS)
+        engine_cards = _rows(engine.cards[month], CARD_KEYS)
+        expected = reference.run(month, rows)
+        expected_tiers = sorted(expected.tiers, key=_sort_key)
+        expected_cards = sorted(expected.cards, key=_sort_key)
+        if engine_tiers != expected_tiers:
+            engine_only = [r for r in engine_tiers if r not in expected_tiers]
+            reference_only = [r for r in expected_tiers if r not in engine_tiers]
+            raise AssertionError(f"{month} tier rows differ\nengine:    {engine_only}\nreference: {reference_only}")
+        assert engine_cards == expected_cards, (
+            f"{month} card events differ\nengine:    {engine_cards}\nreference: {expected_cards}"
+        )
+    return engine, reference
+
+
+def tier(engine: Engine, month: str, subscriber_id: str, program: str) -> tuple[Any, ...]:
+    r = engine.row(month, subscriber_id, program)
+    return (r["qualified_level"], r["previous_level"], r["level"], r["action"], r["valid_from"], r["valid_until"])
+
+
+def months_from(first: str, count: int) -> list[str]:
+    return [month_label(month_index(first) + k) for k in range(count)]
+
+
+D = dt.date
+
+# ---------------------------------------------------------------- random histories
+
+BILLS = [
+    "0.00",
+    "0.01",
+    "-0.01",
+    "-50.00",
+    "20.00",
+    "50.00",
+    "99.99",
+    "100.00",
+    "100.01",
+    "120.00",
+    "120.01",
+    "149.99",
+    "150.00",
+    "150.01",
+    "200.00",
+    "299.99",
+    "300.00",
+    "450.00",
+    "480.00",
+    "600.00",
+    "720.00",
+    "899.99",
+    "900.00",
+    "1000.00",
+    "1200.00",
+    "1800.00",
+    "2400.00",
+    "2700.00",
+    "6000.00",
+    "6000.01",
+]
+PAIDS = [
+    "0.00",
+    "-20.00",
+    "49.99",
+    "50.00",
+    "499.99",
+    "500.00",
+    "999.99",
+    "1000.00",
+    "1999.99",
+    "2000.00",
+    "2500.00",
+    "3000.00",
+    "10000.00",
+]
+ATTRIBUTE_CHOICES: dict[str, list[Any]] = {
+    "customer_type": ["individual", "individual", "family", "group", "group"],
+    "service_type": ["mobile", "mobile", "mobile", "fixed", "broadband"],
+    "plan_category": ["standard"] * 6 + ["data_card", "wo_family", "payphone"],
+    "payment_type": ["postpaid"] * 4 + ["prepaid"],
+    "account_class": ["normal"] * 6 + ["public_free", "test"],
+    "real_name_verified": [True, True, True, False],
+    "brand": ["gotone", "mzone", "easyown", None, None],
+}
+
+
+def money(fen: int) -> Decimal:
+    return Decimal(fen) / 100
+
+
+def activation_dates(year: int) -> st.SearchStrategy[dt.date]:
+    """Leap days, month ends and firsts from seven years before ``year`` to ``year + 2``."""
+    years = st.integers(year - 7, year + 2)
+    leap = years.filter(lambda y: y % 4 == 0).map(lambda y: D(y, 2, 29))
+    month_end = st.tuples(years, st.integers(0, 11)).map(lambda ym: last_day(ym[0] * 12 + ym[1]))
+    first = st.tuples(years, st.integers(1, 12)).map(lambda ym: D(ym[0], ym[1], 1))
+    any_day = st.dates(D(year - 7, 1, 1), D(year + 2, 12, 31))
+    return st.one_of(leap, month_end, first, any_day)
+
+
+@st.composite
+def subscriber_history(draw: st.DrawFn, subscriber_id: str, first: int, months: int) -> list[dict[str, Any] | None]:
+    """One subscriber's rows month by month (None = no row): presence and absence in blocks."""
+    pattern: list[bool] = [False] * draw(st.sampled_from([0, 0, 0, 1, 3, 8]))
+    present = True
+    while len(pattern) < months:
+        if present:
+            length = draw(st.integers(1, 16))
+        else:
+            length = draw(st.sampled_from([1, 2, 3, 5, 10, 11, 11, 12, 12, 12, 13]))
+        pattern += [present] * length
+        present = not present
+
+    attributes = {name: draw(st.sampled_from(choices)) for name, choices in ATTRIBUTE_CHOICES.items()}
+    activations = activation_dates((first + months) // 12)
+    activation = draw(activations)
+    points: int | None = draw(st.sampled_from([0, None, 1999, 2000]))
+    history: list[dict[str, Any] | None] = []
+    for offset in range(months):
+        if not pattern[offset]:
+            history.append(None)
+            continue
+        if draw(st.integers(0, 5)) == 0:  # an attribute changes
+            name = draw(st.sampled_from(sorted(ATTRIBUTE_CHOICES)))
+            attributes[name] = draw(st.sampled_from(ATTRIBUTE_CHOICES[name]))
+        if draw(st.integers(0, 12)) == 0:
+            activation = draw(activations)
+        if draw(st.integers(0, 3)) == 0:
+            points = draw(st.sampled_from([None, 0, 1999, 2000, 2001, 5000]))
+        billed = draw(st.one_of(st.sampled_from(BILLS), st.integers(-10000_00, 12000_00).map(money)))
+        paid_kind = draw(st.integers(0, 3))
+        if paid_kind == 0:
+            paid = billed
+        elif paid_kind == 1:
+            paid = draw(st.integers(-100_00, 25000_00).map(money))
+        else:
+            paid = Decimal(draw(st.sampled_from(PAIDS)))
+        status = draw(st.sampled_from(["active"] * 28 + ["suspended"] * 2 + ["cancelled"]))
+        month_end = last_day(first + offset)
+        history.append(
+            row(
+                subscriber_id,
+                billed,
+                paid,
+                **attributes,
+                activation_date=min(activation, month_end),
+                status=status,
+                suspension_count=draw(st.sampled_from([0, 0, 0, 0, 0, 1, 2])),
+                points_balance=points,
+            )
+        )
+    return history
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[str, list[list[dict[str, Any]]]]:
+    first = month_index("2011-01") + draw(st.integers(0, 6 * 12))
+    months = draw(st.integers(13, 30))
+    count = draw(st.integers(4, 14))
+    per_subscriber = [draw(subscriber_history(f"s{k}", first, months)) for k in range(count)]
+    monthly = [[h[m] for h in per_subscriber if h[m] is not None] for m in range(months)]
+    return month_label(first), monthly
+
+
+# Each example runs the engine 13 to 30 times (about 0.15 s a month); raise the count for a deeper
+# search with BT_REFERENCE_EXAMPLES=500.
+@settings(
+    max_examples=int(os.environ.get("BT_REFERENCE_EXAMPLES", "6")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(histories())
+def test_engine_matches_reference_on_random_histories(case: tuple[str, list[list[dict[str, Any]]]]) -> None:
+    first, monthly = case
+    run_both(first, monthly)
+
+
+# ---------------------------------------------------------------- deterministic regressions
+
+
+def test_exact_900_sum_over_six_months_is_silver_and_one_fen_less_is_not() -> None:
+    bills = ["149.99", "150.01", "150.00", "150.00", "150.00", "150.00"]
+    engine, _ = run_both(
+        "2024-01",
+        [[row("x", b), row("y", "149.99" if k == 5 else b)] for k, b in enumerate(bills)],
+    )
+    assert tier(engine, "2024-06", "x", VIP)[0] == "silver"  # 900.00 exactly
+    assert tier(engine, "2024-06", "y", VIP)[0] is None  # 899.99
+    assert tier(engine, "2024-05", "x", VIP)[0] is None  # 750.00 over a partly empty window
+
+
+def test_fixed_line_thresholds_and_supreme_only_for_groups() -> None:
+    rows = [
+        row("fixed", "600.00", service_type="fixed"),
+        row("bb", "899.99", service_type="broadband"),
+        row("ind", "6000.00"),
+        row("grp", "6000.00", customer_type="group", service_type="fixed"),
+    ]
+    engine, _ = run_both("2024-01", [rows])
+    assert tier(engine, "2024-01", "fixed", VIP)[0] == "silver"
+    assert tier(engine, "2024-01", "bb", VIP)[0] == "silver"  # 149.99 >= 100 but < 150
+    assert tier(engine, "2024-01", "ind", VIP)[0] == "diamond"
+    assert tier(engine, "2024-01", "grp", VIP)[0] == "supreme"
+
+
+def test_customer_type_change_to_group_upgrades_within_validity() -> None:
+    engine, _ = run_both(
+        "2024-01",
+        [[row("g", "6000.00")], [row("g", "0.00", customer_type="group")]],
+    )
+    assert tier(engine, "2024-02", "g", VIP) == (
+        "supreme",
+        "diamond",
+        "supreme",
+        "upgrade",
+        D(2024, 3, 5),
+        D(2025, 3, 8),
+    )
+    assert engine.card_events("2024-02", "g", VIP) == [("void", "replaced", "diamond"), ("issue", "upgrade", "supreme")]
+
+
+def test_credit_spend_bands_include_the_upper_bound_and_tenure_counts_29_february() -> None:
+    # mzone 30 + spend: avg 20.00 -> 0 points, avg 20.01 (120.06 over six) -> 20 points.
+    # activation 2012-02-29: 0 years at 2013-02-28, 1 year (50 points) at 2013-03-31.
+    leap = D(2012, 2, 29)
+    months = [
+        [
+            row("a", "120.00", brand="mzone", activation_date=leap),
+            row("b", "120.06", brand="mzone", activation_date=leap),
+        ],
+        [row("a", "0.00", brand="mzone", activation_date=leap), row("b", "0.00", brand="mzone", activation_date=leap)],
+    ]
+    engine, _ = run_both("2013-02", months)
+    assert tier(engine, "2013-02", "a", CREDIT)[0] is None  # 30 + 0 + 0
+    assert tier(engine, "2013-02", "b", CREDIT)[0] is None  # 30 + 0 + 20
+    assert tier(engine, "2013-03", "a", CREDIT)[:4] == (None, None, None, "none")  # 30 + 50 + 0 = 80
+    assert tier(engine, "2013-03", "b", CREDIT)[:4] == ("star_1", None, "star_1", "new")  # 30 + 50 + 20 = 100
+
+
+def test_credit_recompute_lapses_when_brand_becomes_null_and_suspensions_count_in_window() -> None:
+    months = [
+        [row("c", "2400.06", activation_date=D(2000, 1, 1))],  # 50 + 300 + 250 = 600: star_5
+        [row("c", "0.00", activation_date=D(2000, 1, 1), suspension_count=2)],  # 600 - 200 = 400: star_4
+        [row("c", "0.00", activation_date=D(2000, 1, 1), brand=None)],
+        [row("c", "0.00", activation_date=D(2000, 1, 1), brand="easyown")],  # 20 + 300 + 250 - 200 = 370
+    ]
+    engine, _ = run_both("2024-01", months)
+    assert tier(engine, "2024-01", "c", CREDIT)[:4] == ("star_5", None, "star_5", "new")
+    assert tier(engine, "2024-02", "c", CREDIT)[:4] == ("star_4", "star_5", "star_4", "downgrade")
+    assert tier(engine, "2024-03", "c", CREDIT)[:4] == (None, "star_4", None, "lapse")
+    assert tier(engine, "2024-04", "c", CREDIT)[:4] == ("star_3", None, "star_3", "new")
+
+
+def test_star_cum_and_month_paid_both_needed_and_normal_silver_cards() -> None:
+    pays = ["500.00", "499.99", "50.00", "49.99"] + ["0.00"] * 7 + ["0.00"]
+    engine, _ = run_both("2024-01", [[row("s", "0.00", p)] for p in pays])
+    assert tier(engine, "2024-01", "s", STAR)[:4] == ("normal", None, "normal", "new")
+    assert engine.card_events("2024-01", "s", STAR) == []
+    assert tier(engine, "2024-02", "s", STAR)[0] == "normal"  # cum 999.99
+    assert tier(engine, "2024-03", "s", STAR)[:4] == ("silver", "normal", "silver", "upgrade")  # cum 1049.99
+    assert engine.card_events("2024-03", "s", STAR) == [("issue", "upgrade", "silver")]
+    assert tier(engine, "2024-04", "s", STAR)[:4] == ("normal", "silver", "silver", "retain")
+    # silver from E = 2024-04-05, valid to 2025-04-08, re-rated at E(2025-02) = 2025-03-05: not reached here.
+    assert tier(engine, "2024-12", "s", STAR)[2:4] == ("silver", "retain")
+
+
+def test_star_re_rating_to_normal_voids_without_issue_and_forgetting_beats_the_re_rating() -> None:
+    # s: silver from E = 2024-02-05 (valid to 2025-02-08), re-rated at E(2024-12) = 2025-01-05 to normal,
+    # renewed as normal at E(2025-12). r: renewed as silver at E(2024-12), then absent from 2025-01:
+    # its 12th absent month 2025-12 is also its re-rating month; forgetting comes first (SPEC 5).
+    months = [[row("s", "0.00", "1000.00"), row("r", "0.00", "1000.00")]]
+    months += [[row("s", "0.00", "0.00"), row("r", "0.00", "50.00")] for _ in range(11)]
+    months += [[row("s", "0.00", "0.00")] for _ in range(13)]
+    engine, _ = run_both("2024-01", months)
+    assert tier(engine, "2024-12", "s", STAR) == (
+        "normal",
+        "silver",
+        "normal",
+        "downgrade",
+        D(2025, 2, 1),
+        D(2026, 2, 8),
+    )
+    assert engine.card_events("2024-12", "s", STAR) == [("void", "replaced", "silver")]
+    assert tier(engine, "2025-12", "s", STAR) == ("normal", "normal", "normal", "renew", D(2026, 2, 1), D(2027, 2, 8))
+    assert engine.card_events("2025-12", "s", STAR) == []
+    assert tier(engine, "2024-12", "r", STAR) == ("silver", "silver", "silver", "renew", D(2025, 2, 1), D(2026, 2, 8))
+    assert tier(engine, "2025-11", "r", STAR)[:4] == ("normal", "silver", "silver", "retain")
+    assert tier(engine, "2025-12", "r", STAR)[:4] == ("normal", "silver", None, "lapse")
+    assert engine.card_events("2025-12", "r", STAR) == [("void", "lapsed", "silver")]
+
+
+def test_upgrade_wins_over_the_re_rating_month() -> None:
+    bills = ["900.00"] + ["0.00"] * 10 + ["1800.00"]
+    engine, _ = run_both("2024-01", [[row("u", b)] for b in bills])
+    assert tier(engine, "2024-12", "u", VIP) == ("gold", "silver", "gold", "upgrade", D(2025, 1, 5), D(2026, 1, 8))
+
+
+def test_eleven_absent_months_keep_the_state_and_the_twelfth_forgets() -> None:
+    # k: row in 2024-01, absent 11 months, back in 2025-01. f: absent 12 months, back in 2025-02.
+    o = row("o", "0.00")
+    months = [[row("k", "900.00", "1000.00"), row("f", "900.00", "1000.00"), o]] + [[o]] * 11
+    months += [[row("k", "0.00", "50.00"), o], [row("f", "0.00", "50.00"), o]]
+    engine, _ = run_both("2024-01", months)
+    # k was absent 11 months: cum_paid 1050.00 and month_paid 50.00 -> star silver, not from nothing
+    assert tier(engine, "2024-12", "k", VIP)[3] == "lapse"  # re-rating while absent, no qualification
+    assert tier(engine, "2025-01", "k", STAR)[:4] == ("silver", "normal", "silver", "upgrade")
+    # f: silver re-rated to normal at E(2024-12) while absent (eligible, month_paid 0), then forgotten
+    assert tier(engine, "2024-12", "f", STAR)[:4] == ("normal", "silver", "normal", "downgrade")
+    assert tier(engine, "2025-01", "f", STAR)[:4] == ("normal", "normal", None, "lapse")
+    assert tier(engine, "2025-01", "f", POINTS)[3] == "none"
+    assert tier(engine, "2025-02", "f", STAR)[:4] == ("normal", None, "normal", "new")  # cum_paid from nothing
+
+
+def test_absent_subscriber_keeps_its_last_attributes_and_present_rows_take_nulls() -> None:
+    months = [
+        [row("p", "0.00", points_balance=None, brand="gotone"), row("q", "0.00")],
+        [row("q", "0.00")],  # p absent: brand gotone as last seen
+        [row("p", "0.00", points_balance=2000, brand=None), row("q", "0.00")],
+        [row("p", "0.00", points_balance=None, brand=None), row("q", "0.00")],
+    ]
+    engine, _ = run_both("2024-01", months)
+    assert tier(engine, "2024-02", "p", CREDIT)[:4] == ("star_3", "star_3", "star_3", "retain")
+    assert tier(engine, "2024-03", "p", CREDIT)[:4] == (None, "star_3", None, "lapse")
+    assert tier(engine, "2024-03", "p", POINTS)[:4] == ("unlocked", None, "unlocked", "new")
+    assert tier(engine, "2024-04", "p", POINTS)[:4] == (None, "unlocked", "unlocked", "retain")
+
+
+def test_cancellation_terminates_every_program_and_the_id_restarts() -> None:
+    months = [
+        [row("c", "6000.00", "2000.00", customer_type="group", points_balance=2000)],
+        [row("c", "6000.00", "2000.00", customer_type="group", points_balance=2000, status="cancelled")],
+        [row("c", "0.00", "50.00", status="cancelled")],
+        [row("c", "0.00", "50.00")],
+    ]
+    engine, _ = run_both("2024-01", months)
+    for program in (VIP, STAR, CREDIT, POINTS):
+        assert tier(engine, "2024-02", "c", program)[:4][1:] == (
+            tier(engine, "2024-01", "c", program)[2],
+            None,
+            "terminate",
+        )
+        assert tier(engine, "2024-03", "c", program)[:4] == (None, None, None, "none")
+    assert engine.card_events("2024-02", "c", VIP) == [("void", "cancelled", "supreme")]
+    assert engine.card_events("2024-02", "c", STAR) == [("void", "cancelled", "silver")]
+    assert tier(engine, "2024-04", "c", STAR)[:4] == ("normal", None, "normal", "new")
