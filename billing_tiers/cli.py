@@ -126,11 +126,20 @@ def _print_summary(manifests: list[dict[str, Any]]) -> None:
         )
 
 
-def _preflight(store: Path, rulebook: Path | None) -> None:
-    load_rulebook(rulebook)
+def _preflight(store: Path, rulebook: Path | None, command: str, plan: Callable[[Any], object]) -> None:
+    """Fail fast, before Prefect starts: the rulebook parses, the store is free, the plan is allowed.
+
+    Holding the lock here also finishes any publish a killed run left past its commit point, so
+    the plan sees the store as it really is.
+    """
     from billing_tiers.store import Store
 
-    Store(store).root.mkdir(parents=True, exist_ok=True)
+    load_rulebook(rulebook)
+    the_store = Store(store)
+    with the_store.writer_lock(command):
+        for line in the_store.recover():
+            errors.print(f"store {store}: {line}", markup=False, highlight=False)
+        plan(the_store)
 
 
 @app.command()
@@ -146,12 +155,11 @@ def run(
 
     def action() -> list[dict[str, Any]]:
         from billing_tiers.history import plan_run
-        from billing_tiers.store import Store, extract_files
+        from billing_tiers.store import extract_files
 
         target = parse_month(month)
-        _preflight(store, rulebook)
         extract_files(extracts, target)
-        plan_run(Store(store), target)
+        _preflight(store, rulebook, f"run --month {month}", lambda the_store: plan_run(the_store, target))
         monthly = _start_prefect(debug)
         result: list[dict[str, Any]] = monthly.monthly_tiers(
             month=month_label(target),
@@ -179,12 +187,15 @@ def backfill(
 
     def action() -> list[dict[str, Any]]:
         from billing_tiers.history import plan_backfill
-        from billing_tiers.store import Store
 
         first = parse_month(start)
         last = parse_month(end) if end else None
-        _preflight(store, rulebook)
-        plan_backfill(Store(store), extracts, first, last)
+        _preflight(
+            store,
+            rulebook,
+            f"backfill --from {start}",
+            lambda the_store: plan_backfill(the_store, extracts, first, last),
+        )
         monthly = _start_prefect(debug)
         result: list[dict[str, Any]] = monthly.backfill_tiers(
             start=month_label(first),

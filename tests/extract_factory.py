@@ -67,3 +67,22 @@ def write_extract(
     path = folder / name
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
+
+
+def write_history(extracts: Path, months: list[str], subscribers: int = 40, seed: int = 7) -> None:
+    """A small deterministic history: rising and falling bills, some absences and a cancellation."""
+    import random
+
+    rng = random.Random(seed)
+    levels = [rng.choice(["40.00", "160.00", "320.00", "480.00"]) for _ in range(subscribers)]
+    for index, month in enumerate(months):
+        rows = []
+        for number in range(subscribers):
+            if number == 5 and index % 4 == 2:
+                continue  # one absence now and then, inside the 5% missing guard
+            status = "cancelled" if number == 3 and index == len(months) - 2 else "active"
+            if number == 3 and index == len(months) - 1:
+                continue
+            billed = levels[number] if (index + number) % 5 else "0.00"
+            rows.append(row(f"1380000{number:04d}", billed, points_balance=500 * index, status=status))
+        write_extract(extracts, month, rows)

@@ -141,7 +141,7 @@ def money(fen: int) -> Decimal:
 def activation_dates(year: int) -> st.SearchStrategy[dt.date]:
     """Leap days, month ends and firsts from seven years before ``year`` to ``year + 2``."""
     years = st.integers(year - 7, year + 2)
-    leap = years.filter(lambda y: y % 4 == 0).map(lambda y: D(y, 2, 29))
+    leap = st.integers((year - 7) // 4, (year + 2) // 4).map(lambda k: D(4 * k, 2, 29))
     month_end = st.tuples(years, st.integers(0, 11)).map(lambda ym: last_day(ym[0] * 12 + ym[1]))
     first = st.tuples(years, st.integers(1, 12)).map(lambda ym: D(ym[0], ym[1], 1))
     any_day = st.dates(D(year - 7, 1, 1), D(year + 2, 12, 31))
@@ -206,7 +206,7 @@ def subscriber_history(draw: st.DrawFn, subscriber_id: str, first: int, months: 
 def histories(draw: st.DrawFn) -> tuple[str, list[list[dict[str, Any]]]]:
     first = month_index("2011-01") + draw(st.integers(0, 6 * 12))
     months = draw(st.integers(13, 30))
-    count = draw(st.integers(4, 14))
+    count = draw(st.integers(3, 8))
     per_subscriber = [draw(subscriber_history(f"s{k}", first, months)) for k in range(count)]
     monthly = [[h[m] for h in per_subscriber if h[m] is not None] for m in range(months)]
     return month_label(first), monthly
@@ -339,10 +339,18 @@ def test_star_re_rating_to_normal_voids_without_issue_and_forgetting_beats_the_r
     assert engine.card_events("2025-12", "r", STAR) == [("void", "lapsed", "silver")]
 
 
-def test_upgrade_wins_over_the_re_rating_month() -> None:
+def test_upgrade_wins_over_the_re_rating_and_cancellation_over_both() -> None:
     bills = ["900.00"] + ["0.00"] * 10 + ["1800.00"]
-    engine, _ = run_both("2024-01", [[row("u", b)] for b in bills])
+    paid = ["3000.00"] + ["50.00"] * 11
+    months = [[row("u", b), row("x", b), row("d", "0.00", p)] for b, p in zip(bills[:-1], paid, strict=False)]
+    months += [[row("u", "1800.00"), row("x", "1800.00", status="cancelled"), row("d", "0.00", "50.00")]]
+    engine, _ = run_both("2024-01", months)
     assert tier(engine, "2024-12", "u", VIP) == ("gold", "silver", "gold", "upgrade", D(2025, 1, 5), D(2026, 1, 8))
+    assert tier(engine, "2024-12", "x", VIP) == (None, "silver", None, "terminate", None, None)
+    assert engine.card_events("2024-12", "x", VIP) == [("void", "cancelled", "silver")]
+    # star gold (cum 3000.00, month 3000.00 in 2024-01) re-rated with month_paid 50.00: silver, renewal card
+    assert tier(engine, "2024-12", "d", STAR) == ("silver", "gold", "silver", "downgrade", D(2025, 2, 1), D(2026, 2, 8))
+    assert engine.card_events("2024-12", "d", STAR) == [("void", "replaced", "gold"), ("issue", "renewal", "silver")]
 
 
 def test_eleven_absent_months_keep_the_state_and_the_twelfth_forgets() -> None:

@@ -1,0 +1,104 @@
+"""The command line: one clear line and a non-zero exit for every refusal; the lock; status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from billing_tiers.cli import app
+from tests.extract_factory import row, write_extract
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def test_a_bad_month_is_refused(tmp_path: Path) -> None:
+    code, output = invoke("run", "--month", "2024-13", "--store", str(tmp_path / "s"))
+    assert code == 2
+    assert one_error_line(output) == "error: month '2024-13' is not of the form YYYY-MM"
+
+
+def test_a_missing_extract_month_is_refused_naming_it(tmp_path: Path) -> None:
+    code, output = invoke("run", "--month", "2024-01", "--extracts", str(tmp_path), "--store", str(tmp_path / "s"))
+    assert code == 2
+    assert "month 2024-01: no extract folder" in one_error_line(output)
+
+
+def test_a_broken_rulebook_is_refused_naming_the_key(tmp_path: Path) -> None:
+    write_extract(tmp_path / "x", "2024-01", [row("a")])
+    rulebook = tmp_path / "r.toml"
+    rulebook.write_text("[calendar]\nexpiry_day = 30\n[programs]\n")
+    code, output = invoke(
+        "run", "--month", "2024-01", "--extracts", str(tmp_path / "x"), "--store", str(tmp_path / "s"),
+        "--rulebook", str(rulebook),
+    )  # fmt: skip
+    assert code == 2
+    assert "calendar.expiry_day" in one_error_line(output)
+
+
+def test_backfill_needs_every_month_folder(tmp_path: Path) -> None:
+    write_extract(tmp_path, "2024-01", [row("a")])
+    write_extract(tmp_path, "2024-03", [row("a")])
+    code, output = invoke("backfill", "--from", "2024-01", "--extracts", str(tmp_path), "--store", str(tmp_path / "s"))
+    assert code == 2
+    assert "month 2024-02: no extract folder" in one_error_line(output)
+
+
+def _hold_lock(store: Path) -> subprocess.Popen[bytes]:
+    code = (
+        "import sys, time; from pathlib import Path; from billing_tiers.store import Store\n"
+        "with Store(Path(sys.argv[1])).writer_lock('test holder'):\n"
+        "    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(store)], stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+    return holder
+
+
+def test_a_second_writer_is_refused_at_once_and_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
+    write_extract(tmp_path / "x", "2024-01", [row("a")])
+    store = tmp_path / "s"
+    holder = _hold_lock(store)
+    try:
+        started = time.monotonic()
+        code, output = invoke("run", "--month", "2024-01", "--extracts", str(tmp_path / "x"), "--store", str(store))
+        assert time.monotonic() - started < 10
+        assert code == 2
+        line = one_error_line(output)
+        assert "is in use by another run" in line and "test holder" in line
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    from billing_tiers.store import Store
+
+    with Store(store).writer_lock("after the holder died"):
+        assert "after the holder died" in Store(store).lock_owner_file.read_text()
+
+
+def test_status_on_an_empty_store(tmp_path: Path) -> None:
+    code, output = invoke("status", "--store", str(tmp_path))
+    assert code == 0
+    assert "no month published yet" in output
+
+
+def test_explain_needs_a_published_month(tmp_path: Path) -> None:
+    code, output = invoke("explain", "--month", "2024-01", "--subscriber", "a", "--store", str(tmp_path))
+    assert code == 2
+    assert "month 2024-01: not published" in one_error_line(output)
