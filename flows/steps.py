@@ -22,7 +22,7 @@ from rulebook import Rulebook
 from schemas.extract import CONTRACT_COLUMNS, extract_rules, required_rule
 from schemas.outputs import TABLE_MODELS
 from transforms.carry_forward import empty_memberships
-from transforms.evaluate import MonthTables, evaluate_month
+from transforms.evaluate import MonthTables, decide_programs, month_subscribers, month_tables
 from transforms.extract import (
     ROW_ID,
     SOURCE_FILE,
@@ -184,14 +184,17 @@ def guard_figures(clean: CleanExtract, previous: Previous, rulebook: Rulebook) -
 
 def evaluate(clean: CleanExtract, previous: Previous, month: dt.date, rulebook: Rulebook) -> dict[str, pl.DataFrame]:
     """Evaluate the month and collect every output table."""
-    tables: MonthTables = evaluate_month(
+    subscribers = month_subscribers(
         valid_rows=clean.valid_rows.lazy(),
         state=previous.state.lazy(),
-        memberships=previous.memberships.lazy(),
         month=month,
         month_end=month_end(month),
         rulebook=rulebook,
-    )
+    ).collect()  # every program reads it: compute it once
+    decided = decide_programs(
+        subscribers=subscribers.lazy(), memberships=previous.memberships.lazy(), month=month, rulebook=rulebook
+    ).collect()  # every output table reads it: decide once
+    tables: MonthTables = month_tables(decided=decided.lazy(), subscribers=subscribers.lazy(), rulebook=rulebook)
     collected = pl.collect_all([tables.tier_assignments, tables.card_issuance, tables.state, tables.memberships])
     return {
         "tier_assignments": collected[0],

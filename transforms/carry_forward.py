@@ -25,6 +25,8 @@ TERMINATE, LAPSE, NONE, NEW, UPGRADE, DOWNGRADE, RENEW, RETAIN = (
     "retain",
 )
 ACTIONS = (NONE, NEW, UPGRADE, RENEW, DOWNGRADE, RETAIN, LAPSE, TERMINATE)
+REASONED_ACTIONS = (NEW, UPGRADE, RENEW, DOWNGRADE, LAPSE, TERMINATE)
+"""Actions whose tier row carries a human-readable reason (every level change, and renewals)."""
 CARD_EVENTS = ("issue", "void")
 CARD_REASONS = ("new", "upgrade", "renewal", "replaced", "lapsed", "cancelled")
 
@@ -85,11 +87,13 @@ def decide(
     month: dt.date,
     calendar: Calendar,
     forget_after_months: int,
+    explanations: dict[str, pl.Expr],
 ) -> pl.LazyFrame:
     """Apply the state machine to one program's frame (subscribers with ``qualified_idx`` and the
     previous membership columns ``previous_level, previous_valid_from, previous_valid_until,
     previous_card_id``). Adds ``action, level, valid_from, valid_until, card_id, reason`` and
-    the card event columns ``issue_reason, void_reason``."""
+    the card event columns ``issue_reason, void_reason``. ``explanations`` are the program's
+    ``explain_<i>`` and ``ineligible_reason`` expressions, evaluated only where a reason is written."""
     dates = evaluation_dates(month=month, calendar=calendar)
     evaluated_on = dates["evaluated_on"]
     p = pl.col("previous_idx")
@@ -279,7 +283,7 @@ def decide(
         .otherwise(pl.lit(None, dtype=pl.String))
     )
 
-    return (
+    decided = (
         frame.with_columns(
             _level_index(levels, "previous_level").alias("previous_idx"),
         )
@@ -292,5 +296,14 @@ def decide(
             _level_name(levels, q).alias("qualified_level"),
         )
         .with_columns(issue_reason.alias("issue_reason"), void_reason.alias("void_reason"))
-        .with_columns(card_id.alias("card_id"), reason.alias("reason"), pl.lit(program_name).alias("program"))
+        .with_columns(card_id.alias("card_id"), pl.lit(program_name).alias("program"))
     )
+    needs_reason = pl.col("action").is_in(REASONED_ACTIONS)
+    with_reason = (
+        decided.filter(needs_reason)
+        .with_columns(**explanations)
+        .with_columns(reason.alias("reason"))
+        .drop(list(explanations))
+    )
+    without_reason = decided.filter(~needs_reason).with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
+    return pl.concat([with_reason, without_reason], how="vertical")

@@ -14,32 +14,8 @@ from rulebook import Rulebook
 from transforms.carry_forward import MEMBERSHIP_SCHEMA, decide
 from transforms.metrics import carry_subscribers, next_state
 from transforms.money import fen_to_yuan
-from transforms.qualification import qualify
+from transforms.qualification import explanations, qualify
 
-TIER_COLUMNS = (
-    "program",
-    "subscriber_id",
-    "evaluated_on",
-    "qualified_level",
-    "previous_level",
-    "level",
-    "action",
-    "valid_from",
-    "valid_until",
-    "card_id",
-    "reason",
-    "eligible",
-    "present",
-    "months_absent",
-    "billed_6m",
-    "avg_billed_6m",
-    "month_paid",
-    "cum_paid",
-    "tenure_years",
-    "suspensions_6m",
-    "points_balance",
-    "score",
-)
 CARD_COLUMNS = (
     "card_id",
     "program",
@@ -90,6 +66,7 @@ def _program_rows(
         month=month,
         calendar=rulebook.calendar,
         forget_after_months=rulebook.metrics.forget_after_months,
+        explanations=explanations(program),
     )
 
 
@@ -156,7 +133,21 @@ def evaluate_month(
     rulebook: Rulebook,
 ) -> MonthTables:
     """Evaluate billing month ``month`` for every enabled program of ``rulebook``."""
-    subscribers = carry_subscribers(
+    return evaluate_programs(
+        subscribers=month_subscribers(
+            valid_rows=valid_rows, state=state, month=month, month_end=month_end, rulebook=rulebook
+        ),
+        memberships=memberships,
+        month=month,
+        rulebook=rulebook,
+    )
+
+
+def month_subscribers(
+    *, valid_rows: pl.LazyFrame, state: pl.LazyFrame, month: dt.date, month_end: dt.date, rulebook: Rulebook
+) -> pl.LazyFrame:
+    """Every subscriber evaluated in the month with its metrics (the rulebook's windows)."""
+    return carry_subscribers(
         state=state,
         valid_rows=valid_rows,
         month=month,
@@ -165,22 +156,41 @@ def evaluate_month(
         forget_after_months=rulebook.metrics.forget_after_months,
         average_divisor=rulebook.metrics.average_divisor,
     )
-    programs = list(rulebook.enabled_programs().items())
-    order = {name: i for i, (name, _) in enumerate(programs)}
-    decided = pl.concat(
+
+
+def evaluate_programs(
+    *, subscribers: pl.LazyFrame, memberships: pl.LazyFrame, month: dt.date, rulebook: Rulebook
+) -> MonthTables:
+    """Decide every enabled program for the month's subscribers (from :func:`month_subscribers`)."""
+    decided = decide_programs(subscribers=subscribers, memberships=memberships, month=month, rulebook=rulebook)
+    return month_tables(decided=decided, subscribers=subscribers, rulebook=rulebook)
+
+
+def decide_programs(
+    *, subscribers: pl.LazyFrame, memberships: pl.LazyFrame, month: dt.date, rulebook: Rulebook
+) -> pl.LazyFrame:
+    """One decided row per enabled program per subscriber: action, level, validity, card, reason.
+
+    Callers evaluating large months should collect ``subscribers`` first (every program reads it)
+    and collect this frame once before :func:`month_tables` (every output table reads it).
+    """
+    return pl.concat(
         [
-            _tier_row_source
-            for name, program in programs
-            for _tier_row_source in [
-                _program_rows(
-                    subscribers, memberships, name=name, program=program, rulebook=rulebook, month=month
-                ).select(
-                    *TIER_SOURCE_COLUMNS,
-                )
-            ]
+            _program_rows(subscribers, memberships, name=name, program=program, rulebook=rulebook, month=month).select(
+                *TIER_SOURCE_COLUMNS
+            )
+            for name, program in rulebook.enabled_programs().items()
         ],
         how="vertical",
-    ).with_columns(pl.col("program").replace_strict(order, return_dtype=pl.Int32).alias("program_order"))
+    )
+
+
+def month_tables(*, decided: pl.LazyFrame, subscribers: pl.LazyFrame, rulebook: Rulebook) -> MonthTables:
+    """The month's output tables from the decided rows, sorted by program (rulebook order) and subscriber."""
+    order = {name: i for i, name in enumerate(rulebook.enabled_programs())}
+    decided = decided.with_columns(
+        pl.col("program").replace_strict(order, return_dtype=pl.Int32).alias("program_order")
+    )
     tier = _tier_row(decided.sort("program_order", "subscriber_id"))
     event_order = pl.col("event").replace_strict({"void": 0, "issue": 1}, return_dtype=pl.Int32)
     cards = (

@@ -221,24 +221,28 @@ def eligibility(
 
 
 def qualify(subscribers: pl.LazyFrame, *, program: object) -> pl.LazyFrame:
-    """Adds ``eligible``, ``qualified_idx`` (Int32, null for none) and, per level i,
-    ``explain_<i>`` (why level i does or does not hold) to the subscriber frame."""
+    """Adds ``score`` (credit programs; null elsewhere), ``eligible`` and ``qualified_idx``
+    (Int32 index into the program's levels, null for none) to the subscriber frame."""
     assert isinstance(program, AverageBillProgram | PaidSpendProgram | CreditScoreProgram | PointsThresholdProgram)
     frame = subscribers
     if isinstance(program, CreditScoreProgram):
         frame = frame.with_columns(credit_score(program)["total"].alias("score"))
     else:
         frame = frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("score"))
-    eligible, why_not = eligibility(program)
-    rules = level_rules(program)
+    eligible, _ = eligibility(program)
     qualified: pl.Expr = pl.lit(None, dtype=pl.Int32)
     can_qualify = pl.col("eligible") & ~pl.col("cancelled")
-    for index, rule in enumerate(rules):
+    for index, rule in enumerate(level_rules(program)):
         qualified = pl.when(can_qualify & rule.holds).then(pl.lit(index, dtype=pl.Int32)).otherwise(qualified)
-    return frame.with_columns(
-        eligible.alias("eligible"),
-        why_not.alias("ineligible_reason"),
-    ).with_columns(
-        qualified.alias("qualified_idx"),
-        *[rule.explain.alias(f"explain_{index}") for index, rule in enumerate(rules)],
-    )
+    return frame.with_columns(eligible.alias("eligible")).with_columns(qualified.alias("qualified_idx"))
+
+
+def explanations(program: object) -> dict[str, pl.Expr]:
+    """Text columns for reasons: ``explain_<i>`` says why level i holds or not, and
+    ``ineligible_reason`` names the first eligibility condition that fails. They are costly
+    strings, so they are computed only for the rows whose action needs a reason."""
+    assert isinstance(program, AverageBillProgram | PaidSpendProgram | CreditScoreProgram | PointsThresholdProgram)
+    _, why_not = eligibility(program)
+    columns = {f"explain_{index}": rule.explain for index, rule in enumerate(level_rules(program))}
+    columns["ineligible_reason"] = why_not
+    return columns
