@@ -208,3 +208,18 @@ def backfill_tiers(
             rulebook_path=Path(rulebook) if rulebook else None,
             override_guards=override_guards,
         )
+
+
+@flow(name="scheduled-monthly-tiers", persist_result=False, log_prints=True)
+def scheduled_monthly_tiers(
+    extracts: str = "data/sample/extracts",
+    store: str = "data/store",
+    rulebook: str | None = None,
+    timezone: str = "Asia/Shanghai",
+) -> list[dict[str, Any]]:
+    """The scheduled entry point: evaluates the billing month that closed before today (in ``timezone``)."""
+    from zoneinfo import ZoneInfo
+
+    today = dt.datetime.now(ZoneInfo(timezone)).date()
+    closed = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    return monthly_tiers(month=month_label(closed), extracts=extracts, store=store, rulebook=rulebook)
