@@ -126,7 +126,7 @@ def _print_summary(manifests: list[dict[str, Any]]) -> None:
         )
 
 
-def _preflight(store: Path, rulebook: Path | None, command: str, plan: Callable[[Any], object]) -> None:
+def _preflight(store: Path, rulebook: Path | None, command: str, plan: Callable[[Any], T]) -> T:
     """Fail fast, before Prefect starts: the rulebook parses, the store is free, the plan is allowed.
 
     Holding the lock here also finishes any publish a killed run left past its commit point, so
@@ -139,7 +139,7 @@ def _preflight(store: Path, rulebook: Path | None, command: str, plan: Callable[
     with the_store.writer_lock(command):
         for line in the_store.recover():
             errors.print(f"store {store}: {line}", markup=False, highlight=False)
-        plan(the_store)
+        return plan(the_store)
 
 
 @app.command()
@@ -154,11 +154,13 @@ def run(
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
 
     def action() -> list[dict[str, Any]]:
+        from billing_tiers.extract_io import check_extract_schema
         from billing_tiers.history import plan_run
         from billing_tiers.store import extract_files
 
         target = parse_month(month)
-        extract_files(extracts, target)
+        for path in extract_files(extracts, target):
+            check_extract_schema(path, root=extracts)
         _preflight(store, rulebook, f"run --month {month}", lambda the_store: plan_run(the_store, target))
         monthly = _start_prefect(debug)
         result: list[dict[str, Any]] = monthly.monthly_tiers(
@@ -186,16 +188,21 @@ def backfill(
     """Recompute months in order from --from through --to, replacing what was published."""
 
     def action() -> list[dict[str, Any]]:
+        from billing_tiers.extract_io import check_extract_schema
         from billing_tiers.history import plan_backfill
+        from billing_tiers.store import extract_files
 
         first = parse_month(start)
         last = parse_month(end) if end else None
-        _preflight(
+        plan = _preflight(
             store,
             rulebook,
             f"backfill --from {start}",
             lambda the_store: plan_backfill(the_store, extracts, first, last),
         )
+        for planned in plan.months:
+            for path in extract_files(extracts, planned):
+                check_extract_schema(path, root=extracts)
         monthly = _start_prefect(debug)
         result: list[dict[str, Any]] = monthly.backfill_tiers(
             start=month_label(first),

@@ -107,9 +107,14 @@ def _money_to_fen(column: pa.ChunkedArray, where: str, name: str) -> pa.ChunkedA
         raise PipelineError(f"{where}: {name} holds a value too large for an amount") from exc
 
 
-def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
-    """Read and normalize one extract file, or raise PipelineError naming the file and column."""
-    where = f"extract {path.relative_to(root) if path.is_relative_to(root) else path}"
+def _where(path: Path, root: Path) -> str:
+    return f"extract {path.relative_to(root) if path.is_relative_to(root) else path}"
+
+
+def check_extract_schema(path: Path, *, root: Path) -> pa.Schema:
+    """The file's schema if it is readable Parquet with every contract column of a readable type;
+    else PipelineError naming the file and column. Reads only the footer, so it is cheap."""
+    where = _where(path, root)
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as exc:
@@ -122,6 +127,13 @@ def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
             raise PipelineError(
                 f"{where}: column {column} has type {schema.field(column).type}, which cannot be read as {kind}"
             )
+    return schema
+
+
+def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
+    """Read and normalize one extract file, or raise PipelineError naming the file and column."""
+    where = _where(path, root)
+    names = set(check_extract_schema(path, root=root).names)
     wanted = [*EXTRACT_COLUMNS, *([MONTH_COLUMN] if MONTH_COLUMN in names else [])]
     try:
         table = pq.read_table(path, columns=wanted)

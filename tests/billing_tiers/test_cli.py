@@ -102,3 +102,25 @@ def test_explain_needs_a_published_month(tmp_path: Path) -> None:
     code, output = invoke("explain", "--month", "2024-01", "--subscriber", "a", "--store", str(tmp_path))
     assert code == 2
     assert "month 2024-01: not published" in one_error_line(output)
+
+
+def test_broken_files_are_refused_before_prefect_starts(tmp_path: Path) -> None:
+    good = write_extract(tmp_path / "x", "2024-01", [row("a")])
+    (good.parent / "part-1.parquet").write_bytes(good.read_bytes()[:100])
+    code, output = invoke(
+        "run", "--month", "2024-01", "--extracts", str(tmp_path / "x"), "--store", str(tmp_path / "s")
+    )
+    assert code == 2
+    assert "extract billing_month=2024-01/part-1.parquet: not a readable Parquet file" in one_error_line(output)
+    write_extract(tmp_path / "y", "2024-01", [row("a")])
+    write_extract(tmp_path / "y", "2024-02", [{k: v for k, v in row("a").items()}], name="p.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"subscriber_id": ["a"]}), tmp_path / "y" / "billing_month=2024-02" / "p.parquet")
+    code, output = invoke(
+        "backfill", "--from", "2024-01", "--extracts", str(tmp_path / "y"), "--store", str(tmp_path / "t")
+    )
+    assert code == 2
+    assert "billing_month=2024-02/p.parquet: required column customer_type is missing" in one_error_line(output)
+    assert not (tmp_path / "t" / "tier_assignments").exists()
