@@ -159,9 +159,27 @@ def _run_plan(
     return manifests
 
 
-def _recover(store: Store) -> None:
-    for line in store.recover():
-        get_run_logger().warning("store %s: %s", store.root, line)
+def _locked_run(
+    command: str,
+    make_plan: Callable[[Store], Plan],
+    *,
+    store: str,
+    extracts: str,
+    rulebook: str | None,
+    override_guards: bool,
+) -> list[dict[str, Any]]:
+    """Under the store's lock: finish any interrupted publish, plan, and run the planned months."""
+    the_store = Store(Path(store))
+    with the_store.writer_lock(command):
+        for line in the_store.recover():
+            get_run_logger().warning("store %s: %s", the_store.root, line)
+        return _run_plan(
+            make_plan(the_store),
+            store=the_store,
+            extracts=Path(extracts),
+            rulebook_path=Path(rulebook) if rulebook else None,
+            override_guards=override_guards,
+        )
 
 
 @flow(name="monthly-tiers", persist_result=False, log_prints=True)
@@ -174,17 +192,14 @@ def monthly_tiers(
 ) -> list[dict[str, Any]]:
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
     target = parse_month(month)
-    the_store = Store(Path(store))
-    with the_store.writer_lock(f"run --month {month}"):
-        _recover(the_store)
-        plan = plan_run(the_store, target)
-        return _run_plan(
-            plan,
-            store=the_store,
-            extracts=Path(extracts),
-            rulebook_path=Path(rulebook) if rulebook else None,
-            override_guards=override_guards,
-        )
+    return _locked_run(
+        f"run --month {month}",
+        lambda the_store: plan_run(the_store, target),
+        store=store,
+        extracts=extracts,
+        rulebook=rulebook,
+        override_guards=override_guards,
+    )
 
 
 @flow(name="backfill-tiers", persist_result=False, log_prints=True)
@@ -197,17 +212,15 @@ def backfill_tiers(
     override_guards: bool = False,
 ) -> list[dict[str, Any]]:
     """Re-evaluate ``start`` through ``end`` (default: the latest month with an extract), in order."""
-    the_store = Store(Path(store))
-    with the_store.writer_lock(f"backfill --from {start}"):
-        _recover(the_store)
-        plan = plan_backfill(the_store, Path(extracts), parse_month(start), parse_month(end) if end else None)
-        return _run_plan(
-            plan,
-            store=the_store,
-            extracts=Path(extracts),
-            rulebook_path=Path(rulebook) if rulebook else None,
-            override_guards=override_guards,
-        )
+    first, last = parse_month(start), parse_month(end) if end else None
+    return _locked_run(
+        f"backfill --from {start}",
+        lambda the_store: plan_backfill(the_store, Path(extracts), first, last),
+        store=store,
+        extracts=extracts,
+        rulebook=rulebook,
+        override_guards=override_guards,
+    )
 
 
 @flow(name="scheduled-monthly-tiers", persist_result=False, log_prints=True)

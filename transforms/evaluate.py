@@ -72,20 +72,7 @@ def _program_rows(
 
 def _tier_row(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.select(
-        "program",
-        "subscriber_id",
-        "evaluated_on",
-        "qualified_level",
-        "previous_level",
-        "level",
-        "action",
-        "valid_from",
-        "valid_until",
-        "card_id",
-        "reason",
-        "eligible",
-        "present",
-        "months_absent",
+        *DECISION_COLUMNS,
         fen_to_yuan(pl.col("billed_6m_fen")).alias("billed_6m"),
         fen_to_yuan(pl.col("avg_billed_6m_fen")).alias("avg_billed_6m"),
         fen_to_yuan(pl.col("paid_fen")).alias("month_paid"),
@@ -209,7 +196,7 @@ def month_tables(*, decided: pl.LazyFrame, subscribers: pl.LazyFrame, rulebook: 
     )
 
 
-TIER_SOURCE_COLUMNS = (
+DECISION_COLUMNS = (
     "program",
     "subscriber_id",
     "evaluated_on",
@@ -224,6 +211,11 @@ TIER_SOURCE_COLUMNS = (
     "eligible",
     "present",
     "months_absent",
+)
+"""Tier-row columns taken as decided (the metrics follow, converted to yuan)."""
+
+TIER_SOURCE_COLUMNS = (
+    *DECISION_COLUMNS,
     "billed_6m_fen",
     "avg_billed_6m_fen",
     "paid_fen",
