@@ -123,6 +123,8 @@ def check_extract_schema(path: Path, *, root: Path) -> pa.Schema:
     for column, kind in EXTRACT_COLUMNS.items():
         if column not in names:
             raise PipelineError(f"{where}: required column {column} is missing")
+        if len(schema.get_all_field_indices(column)) > 1:
+            raise PipelineError(f"{where}: column {column} appears more than once")
         if not _readable(kind, schema.field(column).type):
             raise PipelineError(
                 f"{where}: column {column} has type {schema.field(column).type}, which cannot be read as {kind}"

@@ -41,13 +41,21 @@ def _table_problem(store: Store, month: dt.date, manifest: dict[str, Any], verif
 
 def store_status(store: Store, *, verify_checksums: bool = True) -> list[MonthStatus]:
     """Every month that has a manifest or a table file, oldest first, with its problem if any."""
-    manifests = {month: store.read_manifest(month) for month in store.manifest_months()}
+    manifests: dict[dt.date, dict[str, Any] | None] = {}
+    unreadable: set[dt.date] = set()
+    for month in store.manifest_months():
+        try:
+            manifests[month] = store.read_manifest(month)
+        except PipelineError:
+            unreadable.add(month)
     months = sorted(set(manifests) | set(store.table_months()))
     statuses: dict[dt.date, MonthStatus] = {}
     for month in months:
         manifest = manifests.get(month)
         problem: str | None
-        if manifest is None:
+        if month in unreadable:
+            problem = "incomplete: the manifest is unreadable; rerun the month"
+        elif manifest is None:
             problem = "incomplete: tables without a manifest (a run died while publishing)"
         else:
             problem = _table_problem(store, month, manifest, verify_checksums)

@@ -114,3 +114,13 @@ def test_a_billing_month_column_must_match_the_folder(tmp_path: Path) -> None:
     )
     with pytest.raises(PipelineError, match="column billing_month disagrees with the folder month 2024-03"):
         read(bad, tmp_path)
+
+
+def test_a_column_given_twice_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "billing_month=2024-03"
+    folder.mkdir()
+    base = pa.Table.from_pylist([row("a")], schema=EXTRACT_SCHEMA)
+    twice = base.append_column("status", pa.array(["active"]))
+    pq.write_table(twice, folder / "p.parquet")
+    with pytest.raises(PipelineError, match="column status appears more than once"):
+        read(folder / "p.parquet", tmp_path)
