@@ -113,3 +113,21 @@ def _month(label: str):  # type: ignore[no-untyped-def]
     from billing_tiers.months import parse_month
 
     return parse_month(label)
+
+
+def test_a_quarantined_subscriber_counts_as_absent_and_as_present_for_the_guard(tmp_path: Path) -> None:
+    from tests.extract_factory import row, write_extract
+
+    extracts, store = tmp_path / "x", tmp_path / "s"
+    others = [row(f"o{i:03d}", "10.00") for i in range(150)]
+    write_extract(extracts, "2024-01", [row("q", "900.00"), *others])
+    write_extract(extracts, "2024-02", [row("q", "900.00", customer_type="VIP"), *others])
+    manifests = backfill_tiers(start="2024-01", extracts=str(extracts), store=str(store))
+    assert manifests[1]["guards"]["missing_subscribers"] == 0
+    assert manifests[1]["guards"]["quarantined_rows"] == 1
+    tiers = pl.read_parquet(Store(store).table_file("tier_assignments", _month("2024-02")))
+    vip = tiers.filter((pl.col("subscriber_id") == "q") & (pl.col("program") == "unicom_vip")).row(0, named=True)
+    assert (vip["present"], vip["months_absent"], vip["action"], vip["level"]) == (False, 1, "retain", "silver")
+    assert str(vip["billed_6m"]) == "900.00"
+    quarantine = pl.read_parquet(Store(store).table_file("quarantine", _month("2024-02")))
+    assert quarantine.select("subscriber_id", "rule").rows() == [("q", "customer_type_allowed_value")]

@@ -248,3 +248,48 @@ def test_permanent_unlock_survives_a_lower_balance() -> None:
     engine.run("2024-03", [row("p", "1.00", points_balance=0)])
     kept = engine.row("2024-03", "p", POINTS)
     assert (kept["action"], kept["level"], kept["qualified_level"]) == ("retain", "unlocked", None)
+
+
+def test_recompute_retention_every_action() -> None:
+    engine = Engine()
+    start = dt.date(2023, 6, 1)  # tenure 0 in 2024: score = brand 50 + spend band
+    # window sums (6-month) chosen so spend points move the level: 0 -> none(50), 720 -> star_1(150),
+    # 1200 -> star_2(200), then falls back as the big month leaves the window.
+    bills = {"2024-01": "0.00", "2024-02": "720.00", "2024-03": "480.00", "2024-04": "0.00"}
+    seen = []
+    for month, billed in bills.items():
+        engine.run(month, [row("r", billed, brand="gotone", activation_date=start)])
+        r = engine.row(month, "r", CREDIT)
+        seen.append((r["action"], r["level"]))
+    engine.run("2024-05", [row("r", "0.00", brand=None, activation_date=start)])
+    r = engine.row("2024-05", "r", CREDIT)
+    seen.append((r["action"], r["level"]))
+    assert seen == [
+        ("none", None),
+        ("new", "star_1"),
+        ("upgrade", "star_2"),
+        ("retain", "star_2"),
+        ("lapse", None),
+    ]
+    assert engine.cards["2024-05"].filter(pl.col("program") == CREDIT).height == 0
+
+
+def test_recompute_downgrade_when_the_score_falls() -> None:
+    engine = Engine()
+    start = dt.date(2015, 1, 1)  # tenure 300 + gotone 50 = 350 before spend
+    engine.run("2024-01", [row("d", "1200.00", brand="gotone", activation_date=start)])  # +150 -> 500 star_5
+    engine.run("2024-02", [row("d", "0.00", brand="gotone", activation_date=start, suspension_count=2)])
+    first, second = engine.row("2024-01", "d", CREDIT), engine.row("2024-02", "d", CREDIT)
+    assert (first["level"], second["action"], second["level"]) == ("star_5", "downgrade", "star_3")
+    assert second["reason"].startswith("score 300 < 500 (star_5)")
+
+
+def test_permanent_unlock_lapses_only_when_forgotten() -> None:
+    engine = Engine()
+    engine.run("2024-01", [row("p", "1.00", points_balance=3000), row("o", "1.00")])
+    for month in months_from("2024-02", 12):
+        engine.run(month, [row("o", "1.00")])
+    kept = engine.row("2024-12", "p", POINTS)
+    assert (kept["action"], kept["level"]) == ("retain", "unlocked")
+    gone = engine.row("2025-01", "p", POINTS)
+    assert (gone["action"], gone["level"], gone["previous_level"]) == ("lapse", None, "unlocked")
