@@ -50,10 +50,11 @@ _PREFECT_DEFAULTS = {
 
 
 class _NoTracebacks(logging.Filter):
-    """Keeps Prefect's console quiet about the exception the CLI reports in one line."""
+    """Without --debug, failures are the CLI's to report in one line: Prefect's console keeps its
+    progress and warnings but drops its own error records and tracebacks."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.exc_info is None and "Traceback" not in record.getMessage()
+        return record.levelno < logging.ERROR and record.exc_info is None
 
 
 def _quiet_prefect_tracebacks() -> None:
