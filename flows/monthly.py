@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import polars as pl
 from prefect import Task, flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from billing_tiers import __version__
@@ -126,6 +127,11 @@ def run_month(
     }
     written = publish(store, month, run_id, tables, manifest)
     lap("publish")
+    create_table_artifact(
+        key=f"tier-summary-{label}",
+        table=manifest["summary"],
+        description=f"Levels and actions per program, billing month {label} (run {run_id})",
+    )
     logger.info(
         "month %s published: %s tier rows, %s card events, %s quarantined, %s duplicates collapsed",
         label,
