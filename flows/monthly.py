@@ -82,6 +82,10 @@ def run_month(
     lap("read_extract")
     clean = clean_extract(read, month)
     lap("clean_extract")
+    if clean.duplicates_collapsed:
+        logger.warning("month %s: %s exact duplicate rows collapsed to one copy", label, clean.duplicates_collapsed)
+    if read.ignored_columns:
+        logger.warning("month %s: ignored columns not in the contract: %s", label, ", ".join(read.ignored_columns))
     previous = load_previous(store, build_on)
     lap("load_previous_state")
     guards = steps.guard_figures(clean, previous, rulebook)

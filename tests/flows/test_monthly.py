@@ -22,8 +22,14 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 @pytest.fixture(scope="module")
 def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("store")
+    before = _fingerprint(SAMPLE)
     backfill_tiers(start=FIRST, extracts=str(SAMPLE), store=str(store))
+    assert _fingerprint(SAMPLE) == before, "the extracts folder must never be written to"
     return store
+
+
+def _fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
 def read_all(store: Path, table: str) -> pl.DataFrame:
