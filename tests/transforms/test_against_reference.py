@@ -201,17 +201,17 @@ def subscriber_history(draw: st.DrawFn, subscriber_id: str, first: int, months: 
 @st.composite
 def histories(draw: st.DrawFn) -> tuple[str, list[list[dict[str, Any]]]]:
     first = month_index("2011-01") + draw(st.integers(0, 6 * 12))
-    months = draw(st.integers(13, 30))
+    months = draw(st.integers(13, 24))
     count = draw(st.integers(3, 8))
     per_subscriber = [draw(subscriber_history(f"s{k}", first, months)) for k in range(count)]
     monthly = [[h[m] for h in per_subscriber if h[m] is not None] for m in range(months)]
     return month_label(first), monthly
 
 
-# Each example runs the engine 13 to 30 times (about 0.15 s a month); raise the count for a deeper
-# search with BT_REFERENCE_EXAMPLES=500.
+# Each example runs the engine 13 to 24 times (0.15 to 0.2 s a month), so the default is small to keep
+# this file near 30 s; search deeper with e.g. BT_REFERENCE_EXAMPLES=300 (about 25 minutes).
 @settings(
-    max_examples=int(os.environ.get("BT_REFERENCE_EXAMPLES", "6")),
+    max_examples=int(os.environ.get("BT_REFERENCE_EXAMPLES", "3")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -298,16 +298,15 @@ def test_credit_recompute_lapses_when_brand_becomes_null_and_suspensions_count_i
 
 
 def test_star_cum_and_month_paid_both_needed_and_normal_silver_cards() -> None:
-    pays = ["500.00", "499.99", "50.00", "49.99"] + ["0.00"] * 7 + ["0.00"]
+    pays = ["500.00", "499.99", "50.00", "49.99"]
     engine, _ = run_both("2024-01", [[row("s", "0.00", p)] for p in pays])
     assert tier(engine, "2024-01", "s", STAR)[:4] == ("normal", None, "normal", "new")
     assert engine.card_events("2024-01", "s", STAR) == []
     assert tier(engine, "2024-02", "s", STAR)[0] == "normal"  # cum 999.99
-    assert tier(engine, "2024-03", "s", STAR)[:4] == ("silver", "normal", "silver", "upgrade")  # cum 1049.99
-    assert engine.card_events("2024-03", "s", STAR) == [("issue", "upgrade", "silver")]
-    assert tier(engine, "2024-04", "s", STAR)[:4] == ("normal", "silver", "silver", "retain")
-    # silver from E = 2024-04-05, valid to 2025-04-08, re-rated at E(2025-02) = 2025-03-05: not reached here.
-    assert tier(engine, "2024-12", "s", STAR)[2:4] == ("silver", "retain")
+    silver = ("silver", "normal", "silver", "upgrade", D(2024, 4, 5), D(2025, 4, 8))
+    assert tier(engine, "2024-03", "s", STAR) == silver  # cum 1049.99, month 50.00
+    assert engine.card_events("2024-03", "s", STAR) == [("issue", "upgrade", "silver")]  # no void for normal
+    assert tier(engine, "2024-04", "s", STAR) == ("normal", "silver", "silver", "retain", *silver[4:])  # month 49.99
 
 
 def test_star_re_rating_to_normal_voids_without_issue_and_forgetting_beats_the_re_rating() -> None:
