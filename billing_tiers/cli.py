@@ -29,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Monthly customer-program levels and member cards from billing extracts.",
 )
-console = Console()
+console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 
 ExtractsOption = Annotated[Path, typer.Option("--extracts", help="Folder of billing_month=YYYY-MM extract folders.")]
