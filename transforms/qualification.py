@@ -101,7 +101,7 @@ def _paid_spend_rules(program: PaidSpendProgram) -> list[LevelRule]:
         explain = (
             pl.concat_str([*_join(parts, " and "), pl.lit(f" ({level})")])
             if parts
-            else pl.lit(f"no condition ({level})")
+            else pl.lit(f"no spend condition ({level})")
         )
         rules.append(LevelRule(holds=holds, explain=explain))
     return rules
