@@ -222,6 +222,7 @@ def backfill(
 def status(
     store: StoreOption = Path("data/store"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 3 if any month is stale or incomplete.")] = False,
     debug: DebugOption = False,
 ) -> None:
     """List published months, their manifests, and any month that is stale or incomplete."""
@@ -262,7 +263,7 @@ def status(
             console.print("no month published yet")
         if pending:
             console.print(f"interrupted publishes (finished by the next run or backfill): {', '.join(pending)}")
-    if any(not s.healthy for s in statuses) or pending:
+    if check and (any(not s.healthy for s in statuses) or pending):
         raise typer.Exit(3)
 
 

@@ -124,3 +124,31 @@ def test_broken_files_are_refused_before_prefect_starts(tmp_path: Path) -> None:
     assert code == 2
     assert "billing_month=2024-02/p.parquet: required column customer_type is missing" in one_error_line(output)
     assert not (tmp_path / "t" / "tier_assignments").exists()
+
+
+def test_status_reports_a_stale_month_and_check_makes_it_an_exit_code(tmp_path: Path) -> None:
+    import datetime as dt
+
+    import polars as pl
+
+    from billing_tiers.store import Store
+
+    store = Store(tmp_path)
+    frame = pl.DataFrame({"subscriber_id": ["a"]})
+    for month, run_id, built in (("2024-01", "a1", None), ("2024-02", "a2", "a1"), ("2024-01", "b1", None)):
+        date = dt.date.fromisoformat(f"{month}-01")
+        built_from = {"month": "2024-01" if built else None, "run_id": built}
+        store.publish(
+            date, run_id, {"state": frame}, {"billing_month": month, "run_id": run_id, "built_from": built_from}
+        )
+    code, output = invoke("status", "--store", str(tmp_path))
+    assert code == 0
+    assert "2024-02" in output and "stale" in output
+    code, _ = invoke("status", "--store", str(tmp_path), "--check")
+    assert code == 3
+    code, output = invoke("status", "--store", str(tmp_path), "--json")
+    assert code == 0
+    import json
+
+    months = {m["billing_month"]: m["status"] for m in json.loads(output)["months"]}
+    assert months == {"2024-01": "ok", "2024-02": "stale: 2024-01 was re-published after this month was built"}
