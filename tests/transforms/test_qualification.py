@@ -182,3 +182,31 @@ def test_credit_requires_a_brand() -> None:
     engine.run("2024-01", [row("c", "9000.00", brand=None, activation_date=dt.date(2000, 1, 1))])
     r = engine.row("2024-01", "c", CREDIT)
     assert (r["eligible"], r["qualified_level"]) == (False, None)
+
+
+def test_months_in_state_divisor_is_a_rulebook_setting() -> None:
+    from rulebook import default_rulebook_path, parse_rulebook
+
+    text = (
+        default_rulebook_path().read_text().replace('average_divisor = "window"', 'average_divisor = "months_in_state"')
+    )
+    engine = Engine(rulebook=parse_rulebook(text))
+    engine.run("2024-01", [row("x", "150.00")])
+    engine.run("2024-02", [row("x", "150.00")])
+    first, second = engine.row("2024-01", "x", VIP), engine.row("2024-02", "x", VIP)
+    assert (str(first["avg_billed_6m"]), first["qualified_level"]) == ("150.00", "silver")
+    assert (str(second["avg_billed_6m"]), second["qualified_level"]) == ("150.00", "silver")
+
+
+def test_disabled_programs_get_no_rows_and_windows_follow_the_rulebook() -> None:
+    from rulebook import default_rulebook_path, parse_rulebook
+
+    text = default_rulebook_path().read_text()
+    text = text.replace("[programs.cmcc_credit]\nenabled = true", "[programs.cmcc_credit]\nenabled = false")
+    text = text.replace("window_months = 6", "window_months = 3")
+    engine = Engine(rulebook=parse_rulebook(text))
+    for month, billed in (("2024-01", "900.00"), ("2024-02", "0.00"), ("2024-03", "0.00"), ("2024-04", "0.00")):
+        engine.run(month, [row("x", billed)])
+    assert set(engine.tiers["2024-01"]["program"]) == {"unicom_vip", "unicom_star", "points_redemption"}
+    assert str(engine.row("2024-03", "x", VIP)["billed_6m"]) == "900.00"
+    assert str(engine.row("2024-04", "x", VIP)["billed_6m"]) == "0.00"  # the 900.00 left the 3-month window
