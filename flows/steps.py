@@ -100,9 +100,10 @@ def _value_rule_failures(candidates: pl.DataFrame, month: dt.date) -> pl.DataFra
         schema_level = cases.filter(pl.col("index").is_null()).row(0, named=True)
         raise PipelineError(f"extract {month_label(month)}: column {schema_level['column']}: {schema_level['check']}")
     names = {f"{column}#{number}": rule for (column, number), rule in rules.rule_names.items()}
+    required = {column: required_rule(column) for column in CONTRACT_COLUMNS}
     rule = (
         pl.when(pl.col("check") == "not_nullable")
-        .then(pl.col("column").map_elements(required_rule, return_dtype=pl.String))
+        .then(pl.col("column").replace_strict(required, default=None, return_dtype=pl.String))
         .otherwise(
             pl.concat_str([pl.col("column"), pl.lit("#"), pl.col("check_number").cast(pl.String)]).replace_strict(
                 names, default=pl.col("check")
