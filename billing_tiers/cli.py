@@ -315,9 +315,5 @@ def explain(
         )
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
