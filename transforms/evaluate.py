@@ -16,18 +16,6 @@ from transforms.metrics import carry_subscribers, next_state
 from transforms.money import fen_to_yuan
 from transforms.qualification import explanations, qualify
 
-CARD_COLUMNS = (
-    "card_id",
-    "program",
-    "subscriber_id",
-    "level",
-    "event",
-    "reason",
-    "event_date",
-    "valid_from",
-    "valid_until",
-)
-
 
 @dataclass(frozen=True)
 class MonthTables:
@@ -85,6 +73,7 @@ def _tier_row(frame: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _card_events(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Void and issue events, each keeping ``program_order`` for the caller's sort."""
     voids = frame.filter(pl.col("void_reason").is_not_null()).select(
         pl.col("previous_card_id").alias("card_id"),
         "program",
@@ -95,6 +84,7 @@ def _card_events(frame: pl.LazyFrame) -> pl.LazyFrame:
         pl.col("evaluated_on").alias("event_date"),
         pl.col("previous_valid_from").alias("valid_from"),
         pl.col("previous_valid_until").alias("valid_until"),
+        "program_order",
     )
     issues = frame.filter(pl.col("issue_reason").is_not_null()).select(
         "card_id",
@@ -106,6 +96,7 @@ def _card_events(frame: pl.LazyFrame) -> pl.LazyFrame:
         pl.col("evaluated_on").alias("event_date"),
         "valid_from",
         "valid_until",
+        "program_order",
     )
     return pl.concat([voids, issues])
 
@@ -119,15 +110,14 @@ def evaluate_month(
     month_end: dt.date,
     rulebook: Rulebook,
 ) -> MonthTables:
-    """Evaluate billing month ``month`` for every enabled program of ``rulebook``."""
-    return evaluate_programs(
-        subscribers=month_subscribers(
-            valid_rows=valid_rows, state=state, month=month, month_end=month_end, rulebook=rulebook
-        ),
-        memberships=memberships,
-        month=month,
-        rulebook=rulebook,
+    """Evaluate billing month ``month`` for every enabled program of ``rulebook``, all lazily.
+
+    The flow runs the same three steps but collects between them (see :func:`decide_programs`)."""
+    subscribers = month_subscribers(
+        valid_rows=valid_rows, state=state, month=month, month_end=month_end, rulebook=rulebook
     )
+    decided = decide_programs(subscribers=subscribers, memberships=memberships, month=month, rulebook=rulebook)
+    return month_tables(decided=decided, subscribers=subscribers, rulebook=rulebook)
 
 
 def month_subscribers(
@@ -143,14 +133,6 @@ def month_subscribers(
         forget_after_months=rulebook.metrics.forget_after_months,
         average_divisor=rulebook.metrics.average_divisor,
     )
-
-
-def evaluate_programs(
-    *, subscribers: pl.LazyFrame, memberships: pl.LazyFrame, month: dt.date, rulebook: Rulebook
-) -> MonthTables:
-    """Decide every enabled program for the month's subscribers (from :func:`month_subscribers`)."""
-    decided = decide_programs(subscribers=subscribers, memberships=memberships, month=month, rulebook=rulebook)
-    return month_tables(decided=decided, subscribers=subscribers, rulebook=rulebook)
 
 
 def decide_programs(
@@ -180,12 +162,7 @@ def month_tables(*, decided: pl.LazyFrame, subscribers: pl.LazyFrame, rulebook: 
     )
     tier = _tier_row(decided.sort("program_order", "subscriber_id"))
     event_order = pl.col("event").replace_strict({"void": 0, "issue": 1}, return_dtype=pl.Int32)
-    cards = (
-        _card_events(decided)
-        .with_columns(pl.col("program").replace_strict(order, return_dtype=pl.Int32).alias("program_order"))
-        .sort("program_order", "subscriber_id", event_order)
-        .drop("program_order")
-    )
+    cards = _card_events(decided).sort("program_order", "subscriber_id", event_order).drop("program_order")
     staying = decided.filter(~pl.col("leaves") & pl.col("level").is_not_null())
     next_memberships = staying.sort("program_order", "subscriber_id").select(list(MEMBERSHIP_SCHEMA))
     return MonthTables(
