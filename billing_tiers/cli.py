@@ -7,6 +7,7 @@ before Prefect starts, so a refusal is immediate.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -143,6 +144,16 @@ def _preflight(store: Path, rulebook: Path | None, command: str, plan: Callable[
         return plan(the_store)
 
 
+def _check_extract_footers(extracts: Path, months: list[dt.date]) -> None:
+    """Every file of every month is readable Parquet with the contract columns (footers only: cheap)."""
+    from billing_tiers.extract_io import check_extract_schema
+    from billing_tiers.store import extract_files
+
+    for month in months:
+        for path in extract_files(extracts, month):
+            check_extract_schema(path, root=extracts)
+
+
 @app.command()
 def run(
     month: Annotated[str, typer.Option("--month", help="Billing month YYYY-MM.")],
@@ -155,13 +166,10 @@ def run(
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
 
     def action() -> list[dict[str, Any]]:
-        from billing_tiers.extract_io import check_extract_schema
         from billing_tiers.history import plan_run
-        from billing_tiers.store import extract_files
 
         target = parse_month(month)
-        for path in extract_files(extracts, target):
-            check_extract_schema(path, root=extracts)
+        _check_extract_footers(extracts, [target])
         _preflight(store, rulebook, f"run --month {month}", lambda the_store: plan_run(the_store, target))
         monthly = _start_prefect(debug)
         result: list[dict[str, Any]] = monthly.monthly_tiers(
@@ -189,9 +197,7 @@ def backfill(
     """Recompute months in order from --from through --to, replacing what was published."""
 
     def action() -> list[dict[str, Any]]:
-        from billing_tiers.extract_io import check_extract_schema
         from billing_tiers.history import plan_backfill
-        from billing_tiers.store import extract_files
 
         first = parse_month(start)
         last = parse_month(end) if end else None
@@ -201,9 +207,7 @@ def backfill(
             f"backfill --from {start}",
             lambda the_store: plan_backfill(the_store, extracts, first, last),
         )
-        for planned in plan.months:
-            for path in extract_files(extracts, planned):
-                check_extract_schema(path, root=extracts)
+        _check_extract_footers(extracts, plan.months)
         monthly = _start_prefect(debug)
         result: list[dict[str, Any]] = monthly.backfill_tiers(
             start=month_label(first),

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from billing_tiers import __version__
 from billing_tiers.errors import PipelineError
 from billing_tiers.history import Plan, plan_backfill, plan_run
-from billing_tiers.months import month_label, parse_month
+from billing_tiers.months import add_months, month_label, parse_month
 from billing_tiers.store import Store
 from flows import steps
 from rulebook import Rulebook, load_rulebook
@@ -244,5 +244,5 @@ def scheduled_monthly_tiers(
     from zoneinfo import ZoneInfo
 
     today = dt.datetime.now(ZoneInfo(timezone)).date()
-    closed = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    closed = add_months(today.replace(day=1), -1)
     return monthly_tiers(month=month_label(closed), extracts=extracts, store=store, rulebook=rulebook)
