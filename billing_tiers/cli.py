@@ -40,6 +40,23 @@ OverrideOption = Annotated[
     bool, typer.Option("--override-guards", help="Publish even if an input guard fails (recorded).")
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+BucketsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--buckets",
+        min=1,
+        help="Split the month into this many buckets by a stable hash of subscriber_id "
+        "(default: about one per million extract rows). Output is the same for any count.",
+    ),
+]
+DaskAddressOption = Annotated[
+    str | None,
+    typer.Option("--dask-address", help="Run the buckets on an existing Dask cluster (tcp://HOST:PORT)."),
+]
+DaskWorkersOption = Annotated[
+    int | None,
+    typer.Option("--dask-workers", min=1, help="Start a local Dask cluster of N worker processes for the run."),
+]
 
 T = TypeVar("T")
 
@@ -109,9 +126,11 @@ def _print_summary(manifests: list[dict[str, Any]]) -> None:
     last = manifests[-1]
     import polars as pl
 
-    summary = pl.DataFrame(last["summary"]).with_columns(pl.col("level").fill_null("(none)"))
+    from flows.run_month import summary_frame
+
+    summary = summary_frame(last).with_columns(pl.col("level").fill_null("(none)"))
     for dimension in ("level", "action"):
-        counts = summary.group_by("program", dimension).agg(pl.col("len").sum()).sort("program", dimension)
+        counts = summary.group_by("program", dimension).agg(pl.col("subscribers").sum()).sort("program", dimension)
         table = Table(title=f"billing month {last['billing_month']}: {dimension}s per program")
         for column in ("program", dimension, "subscribers"):
             table.add_column(column, justify="right" if column == "subscribers" else "left")
@@ -123,7 +142,8 @@ def _print_summary(manifests: list[dict[str, Any]]) -> None:
         console.print(
             f"{manifest['billing_month']}: {tables['tier_assignments']['rows']} tier rows, "
             f"{tables['card_issuance']['rows']} card events, {tables['quarantine']['rows']} quarantined, "
-            f"{manifest['duplicates_collapsed']} duplicates collapsed",
+            f"{manifest['duplicates_collapsed']} duplicates collapsed, {manifest['buckets']} buckets, "
+            f"{manifest['timings_seconds']['total']} s",
             highlight=False,
         )
 
@@ -161,6 +181,9 @@ def run(
     store: StoreOption = Path("data/store"),
     rulebook: RulebookOption = None,
     override_guards: OverrideOption = False,
+    buckets: BucketsOption = None,
+    dask_address: DaskAddressOption = None,
+    dask_workers: DaskWorkersOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
@@ -172,12 +195,16 @@ def run(
         _check_extract_footers(extracts, [target])
         _preflight(store, rulebook, f"run --month {month}", lambda the_store: plan_run(the_store, target))
         monthly = _start_prefect(debug)
-        result: list[dict[str, Any]] = monthly.monthly_tiers(
+        flow = monthly.monthly_tiers.with_options(
+            task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
+        )
+        result: list[dict[str, Any]] = flow(
             month=month_label(target),
             extracts=str(extracts),
             store=str(store),
             rulebook=str(rulebook) if rulebook else None,
             override_guards=override_guards,
+            buckets=buckets,
         )
         return result
 
@@ -192,6 +219,9 @@ def backfill(
     store: StoreOption = Path("data/store"),
     rulebook: RulebookOption = None,
     override_guards: OverrideOption = False,
+    buckets: BucketsOption = None,
+    dask_address: DaskAddressOption = None,
+    dask_workers: DaskWorkersOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Recompute months in order from --from through --to, replacing what was published."""
@@ -209,13 +239,17 @@ def backfill(
         )
         _check_extract_footers(extracts, plan.months)
         monthly = _start_prefect(debug)
-        result: list[dict[str, Any]] = monthly.backfill_tiers(
+        flow = monthly.backfill_tiers.with_options(
+            task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
+        )
+        result: list[dict[str, Any]] = flow(
             start=month_label(first),
             end=month_label(last) if last else None,
             extracts=str(extracts),
             store=str(store),
             rulebook=str(rulebook) if rulebook else None,
             override_guards=override_guards,
+            buckets=buckets,
         )
         return result
 
@@ -235,7 +269,7 @@ def status(
 
     the_store = Store(store)
     statuses = _guarded(debug, lambda: store_status(the_store))
-    pending = sorted(p.name for p in (the_store.root / "_staging").glob("*")) if the_store.root.is_dir() else []
+    pending = the_store.pending_publishes()
     rows = [
         {
             "billing_month": month_label(s.month),

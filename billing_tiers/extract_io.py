@@ -9,6 +9,7 @@ converted to integer fen here, exactly; row-level value rules are left to the Pa
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,32 +20,22 @@ import pyarrow.parquet as pq
 
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import month_label
+from billing_tiers.store import sha256_file
+from schemas.contract import (
+    BOOL,
+    BUCKET,
+    DATE,
+    EXTRACT_COLUMNS,
+    INTEGER,
+    MONEY,
+    MONEY_FEN_COLUMN,
+    MONTH_COLUMN,
+    SOURCE_ROW,
+    STRING,
+)
+from transforms.buckets import bucket_numbers
 
-_STRING = "string"
-_BOOL = "bool"
-_DATE = "date"
-_MONEY = "decimal(12,2)"
-_INT = "integer"
-
-EXTRACT_COLUMNS: dict[str, str] = {
-    "subscriber_id": _STRING,
-    "customer_type": _STRING,
-    "service_type": _STRING,
-    "plan_category": _STRING,
-    "payment_type": _STRING,
-    "account_class": _STRING,
-    "real_name_verified": _BOOL,
-    "brand": _STRING,
-    "activation_date": _DATE,
-    "status": _STRING,
-    "billed_amount": _MONEY,
-    "paid_amount": _MONEY,
-    "suspension_count": _INT,
-    "points_balance": _INT,
-}
-"""The extract contract: column -> the kind of type it must be readable as."""
-
-MONTH_COLUMN = "billing_month"
+_STRING, _BOOL, _DATE, _MONEY, _INT = STRING, BOOL, DATE, MONEY, INTEGER
 
 
 @dataclass(frozen=True)
@@ -132,16 +123,9 @@ def check_extract_schema(path: Path, *, root: Path) -> pa.Schema:
     return schema
 
 
-def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
-    """Read and normalize one extract file, or raise PipelineError naming the file and column."""
-    where = _where(path, root)
-    names = set(check_extract_schema(path, root=root).names)
-    wanted = [*EXTRACT_COLUMNS, *([MONTH_COLUMN] if MONTH_COLUMN in names else [])]
-    try:
-        table = pq.read_table(path, columns=wanted)
-    except (OSError, pa.ArrowException) as exc:
-        raise PipelineError(f"{where}: not a readable Parquet file ({exc})") from exc
-    if MONTH_COLUMN in names:
+def _normalize(table: pa.Table, *, month: dt.date, where: str) -> pl.DataFrame:
+    """Contract columns of a batch read from one file -> the normalized frame (money in fen)."""
+    if MONTH_COLUMN in table.column_names:
         _check_month_column(table.column(MONTH_COLUMN), month, where)
     columns: dict[str, pa.ChunkedArray] = {}
     for column, kind in EXTRACT_COLUMNS.items():
@@ -155,8 +139,7 @@ def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
         elif kind == _DATE:
             columns[column] = _to_date(values, where)
         elif kind == _MONEY:
-            fen_name = "billed_fen" if column == "billed_amount" else "paid_fen"
-            columns[fen_name] = _money_to_fen(values, where, column)
+            columns[MONEY_FEN_COLUMN[column]] = _money_to_fen(values, where, column)
         else:
             try:
                 columns[column] = pc.cast(values, pa.int64())
@@ -164,10 +147,76 @@ def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
                 raise PipelineError(f"{where}: {column} holds a value too large for an integer") from exc
     rows = pl.from_arrow(pa.table(columns))
     assert isinstance(rows, pl.DataFrame)
-    from billing_tiers.store import sha256_file
+    return rows
 
-    ignored = tuple(sorted(names - set(EXTRACT_COLUMNS) - {MONTH_COLUMN}))
-    return ExtractFile(path=path, rows=rows, sha256=sha256_file(path), ignored_columns=ignored)
+
+def _ignored_columns(names: set[str]) -> tuple[str, ...]:
+    return tuple(sorted(names - set(EXTRACT_COLUMNS) - {MONTH_COLUMN}))
+
+
+def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
+    """Read and normalize one whole extract file, or raise PipelineError naming the file and column."""
+    where = _where(path, root)
+    names = set(check_extract_schema(path, root=root).names)
+    wanted = [*EXTRACT_COLUMNS, *([MONTH_COLUMN] if MONTH_COLUMN in names else [])]
+    try:
+        table = pq.read_table(path, columns=wanted)
+    except (OSError, pa.ArrowException) as exc:
+        raise PipelineError(f"{where}: not a readable Parquet file ({exc})") from exc
+    rows = _normalize(table, month=month, where=where)
+    return ExtractFile(path=path, rows=rows, sha256=sha256_file(path), ignored_columns=_ignored_columns(names))
+
+
+@dataclass(frozen=True)
+class SplitFile:
+    """What the manifest says about one extract file that was split into buckets."""
+
+    file: str
+    sha256: str
+    rows: int
+    ignored_columns: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "rows": self.rows,
+            "ignored_columns": list(self.ignored_columns),
+        }
+
+
+BATCH_ROWS = 1_000_000
+"""Rows normalized and split at a time: bounds the memory of reading an extract of any size."""
+FILE_INDEX = "source_file_index"
+
+
+def split_extract_file(
+    path: Path, *, month: dt.date, root: Path, file_index: int, buckets: int, bucket_dir: Callable[[int], Path]
+) -> SplitFile:
+    """Read one extract file batch by batch, normalize it and write each batch's rows to its
+    bucket's folder ``bucket_dir(bucket)`` (one scratch file per batch and bucket). Rows keep their
+    file index and 0-based row number, so each bucket can restore the month's read order."""
+    where = _where(path, root)
+    names = set(check_extract_schema(path, root=root).names)
+    wanted = [*EXTRACT_COLUMNS, *([MONTH_COLUMN] if MONTH_COLUMN in names else [])]
+    rows_read = 0
+    try:
+        parquet = pq.ParquetFile(path)
+        for batch_number, batch in enumerate(parquet.iter_batches(batch_size=BATCH_ROWS, columns=wanted)):
+            rows = _normalize(pa.Table.from_batches([batch]), month=month, where=where).with_columns(
+                pl.lit(file_index, dtype=pl.Int32).alias(FILE_INDEX),
+                pl.int_range(rows_read, rows_read + batch.num_rows, dtype=pl.Int64).alias(SOURCE_ROW),
+            )
+            rows_read += batch.num_rows
+            rows = rows.with_columns(bucket_numbers(rows["subscriber_id"], buckets).alias(BUCKET))
+            for (bucket,), part in rows.partition_by(BUCKET, as_dict=True, include_key=False).items():
+                folder = bucket_dir(int(bucket))
+                folder.mkdir(parents=True, exist_ok=True)
+                part.write_parquet(folder / f"{file_index:05d}-{batch_number:05d}.parquet", compression="lz4")
+    except (OSError, pa.ArrowException) as exc:
+        raise PipelineError(f"{where}: not a readable Parquet file ({exc})") from exc
+    name = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    return SplitFile(file=name, sha256=sha256_file(path), rows=rows_read, ignored_columns=_ignored_columns(names))
 
 
 def _check_month_column(values: pa.ChunkedArray, month: dt.date, where: str) -> None:

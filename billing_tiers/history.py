@@ -30,11 +30,17 @@ class MonthStatus:
 
 
 def _table_problem(store: Store, month: dt.date, manifest: dict[str, Any], verify: bool) -> str | None:
-    for table, entry in manifest.get("tables", {}).items():
-        path = store.root / entry["path"]
-        if not path.is_file():
-            return f"incomplete: {table} file missing"
-        if verify and sha256_file(path) != entry["sha256"]:
+    for table in manifest.get("tables", {}):
+        try:
+            parts = store.part_paths(table, month, manifest)
+        except (KeyError, TypeError):
+            return "incomplete: the manifest does not list its part files; rerun the month"
+        if not store.month_dir(table, month).is_dir():
+            return f"incomplete: {table} folder missing"
+        listed = {p.name for p in store.month_dir(table, month).iterdir()}
+        if listed != {path.name for path, _ in parts}:
+            return f"incomplete: {table} part files do not match the manifest"
+        if verify and any(sha256_file(path) != sha256 for path, sha256 in parts):
             return f"incomplete: {table} file does not match the manifest checksum"
     return None
 

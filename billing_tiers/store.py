@@ -2,54 +2,54 @@
 
 Layout under ``<store>/``::
 
-    <table>/billing_month=YYYY-MM/part-0.parquet     one file per table and month (hive layout)
-    manifests/billing_month=YYYY-MM/manifest.json    written last: the month's commit record
-    _staging/<run_id>/                              files being written (readers never look here)
-    .lock                                            the single-writer lock
+    <table>/billing_month=YYYY-MM/part-BBBBB-<tag>.parquet  one file per bucket (hive layout)
+    manifests/billing_month=YYYY-MM/manifest.json           written last: the month's commit record
+    _staging/<run_id>/                                     a run's work (readers never look here)
+    .lock                                                   the single-writer lock
 
-Publishing a month: every table is written and fsynced under ``_staging``; then a journal naming
-the moves is written atomically (the commit point); then the old manifest is removed, each staged
-file replaces its final file with ``os.replace`` (atomic per file, so a reader sees the old file or
-the new one, never a torn one), the manifest is written, and the staging folder is removed. A run
-that dies before the journal leaves only staging debris; one that dies after it is rolled forward by
-:func:`recover` at the next start, so a month is always either as before or fully published.
+A month of a table is one folder, and it appears all at once. A run writes its part files under
+``_staging/<run_id>/<table>/``; publishing then writes a journal naming the month's parts (the
+commit point), removes the month's manifest, swaps each staged folder with the published one in a
+single ``renameat2(RENAME_EXCHANGE)`` (a plain rename when there is none yet), writes the manifest
+and removes the staging folder, which by then holds the old parts. A reader listing a month's
+folder therefore sees every part of one run or every part of the other, never a mix, and part file
+names carry the run's ``<tag>`` so that a reader holding an old listing fails instead of mixing.
+A run that dies before the journal leaves only staging debris; one that dies after it is rolled
+forward by :meth:`Store.recover` at the next start, so a month is always as before or fully new.
+On a file system without ``RENAME_EXCHANGE`` the old folder is renamed aside first: a reader may
+then briefly find the month missing, but still never mixed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from filelock import FileLock, Timeout
 
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import month_label, parse_month
+from schemas.contract import TABLES
 
-TABLES = (
-    "tier_assignments",
-    "card_issuance",
-    "quarantine",
-    "state",
-    "memberships",
-    "extract_presence",
-)
-"""Published tables, each hive-partitioned by ``billing_month``."""
-
-PART_FILE = "part-0.parquet"
 MANIFEST_FILE = "manifest.json"
 _STAGING = "_staging"
 _JOURNAL = "journal.json"
 _MONTH_DIR = re.compile(r"^billing_month=(\d{4}-\d{2})$")
+PARQUET_COMPRESSION: Literal["zstd"] = "zstd"
+PARQUET_COMPRESSION_LEVEL = 1
+"""zstd level 1: nearly the size of the default level at a fraction of its write time."""
 
 
 def extract_month_dir(extracts: Path, month: dt.date) -> Path:
@@ -88,6 +88,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def part_name(bucket: int, tag: str) -> str:
+    """File name of one bucket's part of a table-month; ``tag`` names the run that wrote it."""
+    return f"part-{bucket:05d}-{tag}.parquet"
+
+
+def write_part(frame: pl.DataFrame, path: Path) -> dict[str, Any]:
+    """Write one part file durably; returns its manifest entry (file name, rows, SHA-256)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(
+        path, compression=PARQUET_COMPRESSION, compression_level=PARQUET_COMPRESSION_LEVEL, statistics=True
+    )
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+    return {"file": path.name, "rows": frame.height, "sha256": sha256_file(path)}
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -107,6 +123,40 @@ def _write_bytes_atomically(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _renameat2_exchange(first: Path, second: Path) -> bool:
+    """Swap two folders atomically (Linux ``renameat2``); False when the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    result = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(first))
+
+
+def swap_in(staged: Path, final: Path) -> None:
+    """Make ``staged`` the folder at ``final`` in one step; the old folder ends up at ``staged``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        os.rename(staged, final)
+    elif not _renameat2_exchange(staged, final):
+        aside = staged.with_name(staged.name + ".old")
+        os.rename(final, aside)
+        os.rename(staged, final)
+        os.rename(aside, staged)
+    _fsync_dir(final.parent)
+
+
 @dataclass(frozen=True)
 class Store:
     """A store folder: where each table and manifest of each month lives."""
@@ -116,11 +166,26 @@ class Store:
     def table_dir(self, table: str) -> Path:
         return self.root / table
 
-    def table_file(self, table: str, month: dt.date) -> Path:
-        return self.root / table / f"billing_month={month_label(month)}" / PART_FILE
+    def month_dir(self, table: str, month: dt.date) -> Path:
+        return self.root / table / f"billing_month={month_label(month)}"
 
     def manifest_file(self, month: dt.date) -> Path:
         return self.root / "manifests" / f"billing_month={month_label(month)}" / MANIFEST_FILE
+
+    def staging_dir(self, run_id: str) -> Path:
+        return self.root / _STAGING / run_id
+
+    def staged_table_dir(self, run_id: str, table: str) -> Path:
+        """Where a run stages a table-month's part files before it swaps them in."""
+        return self.staging_dir(run_id) / "tables" / table
+
+    def scratch_extract_dir(self, run_id: str, bucket: int) -> Path:
+        """Where a run puts one bucket's extract rows (read once, split by bucket)."""
+        return self.staging_dir(run_id) / "extract" / f"bucket-{bucket:05d}"
+
+    def scratch_previous_dir(self, run_id: str, table: str, bucket: int) -> Path:
+        """Where a run puts one bucket's share of a previous table built with another bucket count."""
+        return self.staging_dir(run_id) / "previous" / table / f"bucket-{bucket:05d}"
 
     @property
     def lock_file(self) -> Path:
@@ -129,6 +194,10 @@ class Store:
     @property
     def lock_owner_file(self) -> Path:
         return self.root / ".lock.owner"
+
+    def pending_publishes(self) -> list[str]:
+        folder = self.root / _STAGING
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
     def read_manifest(self, month: dt.date) -> dict[str, Any] | None:
         path = self.manifest_file(month)
@@ -142,36 +211,44 @@ class Store:
 
     def manifest_months(self) -> list[dt.date]:
         """Months with a manifest, oldest first."""
-        return self._months_under(self.root / "manifests", MANIFEST_FILE)
+        return self._months_under(self.root / "manifests", lambda folder: (folder / MANIFEST_FILE).is_file())
 
     def table_months(self) -> list[dt.date]:
-        """Months with at least one published table file, oldest first."""
+        """Months with a published table folder holding at least one file, oldest first."""
         found: set[dt.date] = set()
         for table in TABLES:
-            found.update(self._months_under(self.table_dir(table), PART_FILE))
+            found.update(self._months_under(self.table_dir(table), lambda folder: any(folder.glob("*.parquet"))))
         return sorted(found)
 
     @staticmethod
-    def _months_under(folder: Path, file_name: str) -> list[dt.date]:
+    def _months_under(folder: Path, holds: Any) -> list[dt.date]:
         if not folder.is_dir():
             return []
         months = []
         for child in folder.iterdir():
             match = _MONTH_DIR.match(child.name)
-            if match and (child / file_name).is_file():
+            if match and child.is_dir() and holds(child):
                 months.append(parse_month(match.group(1)))
         return sorted(months)
 
+    def part_paths(self, table: str, month: dt.date, manifest: Mapping[str, Any]) -> list[tuple[Path, str]]:
+        """(path, sha256) of every part of a published table-month, bucket order, as its manifest says."""
+        entry = manifest.get("tables", {}).get(table)
+        if entry is None:
+            raise PipelineError(f"month {month_label(month)}: {table} is not in the manifest; rerun the month")
+        folder = self.month_dir(table, month)
+        return [(folder / part["file"], part["sha256"]) for part in entry["parts"]]
+
     def read_table(self, table: str, month: dt.date) -> pl.DataFrame:
-        """One published table of one month, checked against the month's manifest checksum."""
-        path = self.table_file(table, month)
+        """One published table-month (every part), checked against the month's manifest checksums."""
         manifest = self.read_manifest(month)
         if manifest is None:
             raise PipelineError(f"month {month_label(month)}: not published (no manifest)")
-        entry = manifest["tables"].get(table)
-        if entry is None or not path.is_file() or sha256_file(path) != entry["sha256"]:
-            raise PipelineError(f"month {month_label(month)}: {table} does not match its manifest; rerun it")
-        return pl.read_parquet(path)
+        frames = [
+            read_verified(path, sha256, table=table, month=month)
+            for path, sha256 in self.part_paths(table, month, manifest)
+        ]
+        return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
 
     # ------------------------------------------------------------------ publish
 
@@ -184,55 +261,81 @@ class Store:
         *,
         fail_at: str | None = None,
     ) -> dict[str, Any]:
-        """Publish one month atomically; returns the manifest as written.
-
-        ``fail_at`` names a step at which to raise (fault injection for tests; never set in runs).
-        """
-        staging = self.root / _STAGING / run_id
-        staging.mkdir(parents=True, exist_ok=False)
-        entries: dict[str, dict[str, Any]] = {}
+        """Publish whole frames as one-part tables (tools and tests); runs stage parts then :meth:`commit`."""
+        entries = {}
         for table, frame in tables.items():
-            staged = staging / f"{table}.parquet"
-            frame.write_parquet(staged, compression="zstd", statistics=True)
-            with staged.open("rb") as handle:
-                os.fsync(handle.fileno())
-            entries[table] = {
-                "path": str(self.table_file(table, month).relative_to(self.root)),
-                "rows": frame.height,
-                "sha256": sha256_file(staged),
-            }
+            part = write_part(frame, self.staged_table_dir(run_id, table) / part_name(0, _tag(run_id)))
+            entries[table] = {"rows": frame.height, "parts": [part]}
+        return self.commit(month, run_id, {**manifest, "tables": entries}, fail_at=fail_at)
+
+    def commit(
+        self,
+        month: dt.date,
+        run_id: str,
+        manifest: dict[str, Any],
+        *,
+        before_manifest: Callable[[], None] | None = None,
+        fail_at: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish the month whose parts are staged under ``_staging/<run_id>``; returns the manifest.
+
+        ``manifest["tables"]`` names every staged part. ``before_manifest`` is called just before
+        the manifest is written (it may still update it, e.g. with the publish timing). ``fail_at``
+        names a step at which to raise (fault injection for tests; never set in runs).
+        """
+        staging = self.staging_dir(run_id)
+        for table, entry in manifest["tables"].items():
+            folder = self.staged_table_dir(run_id, table)
+            folder.mkdir(parents=True, exist_ok=True)  # a table with no part is an empty folder
+            staged = {p.name for p in folder.iterdir()}
+            expected = {part["file"] for part in entry["parts"]}
+            if staged != expected:
+                raise PipelineError(f"month {month_label(month)}: staged {table} parts do not match the run's record")
+            _fsync_dir(folder)
             _maybe_fail(fail_at, f"staged:{table}")
         _fsync_dir(staging)
-        full_manifest = {**manifest, "tables": entries}
-        journal = {"month": month_label(month), "manifest": full_manifest}
+        journal = {"month": month_label(month), "run_id": run_id, "manifest": manifest}
         _maybe_fail(fail_at, "before_journal")
         _write_bytes_atomically(staging / _JOURNAL, json.dumps(journal, indent=2).encode())
         _maybe_fail(fail_at, "after_journal")
-        self._roll_forward(staging, fail_at=fail_at)
-        return full_manifest
+        self._roll_forward(staging, live_manifest=manifest, before_manifest=before_manifest, fail_at=fail_at)
+        return manifest
 
-    def _roll_forward(self, staging: Path, *, fail_at: str | None = None) -> None:
+    def _roll_forward(
+        self,
+        staging: Path,
+        *,
+        live_manifest: dict[str, Any] | None = None,
+        before_manifest: Callable[[], None] | None = None,
+        fail_at: str | None = None,
+    ) -> None:
+        """Finish a committed publish; safe to repeat after a crash at any point inside it."""
         journal = json.loads((staging / _JOURNAL).read_text(encoding="utf-8"))
         month = parse_month(journal["month"])
-        manifest = journal["manifest"]
+        manifest = live_manifest if live_manifest is not None else journal["manifest"]
         with contextlib.suppress(FileNotFoundError):
             self.manifest_file(month).unlink()
         for table, entry in manifest["tables"].items():
-            staged = staging / f"{table}.parquet"
-            final = self.root / entry["path"]
-            if staged.exists():
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, final)
-                _fsync_dir(final.parent)
+            final = self.month_dir(table, month)
+            staged = staging / "tables" / table
+            expected = {part["file"] for part in entry["parts"]}
+            published = {p.name for p in final.iterdir()} if final.is_dir() else None
+            if published != expected:  # not swapped yet (after a swap, staged holds the old parts)
+                swap_in(staged, final)
             _maybe_fail(fail_at, f"moved:{table}")
         for table in TABLES:  # a table this run did not produce must not survive from an older run
             if table not in manifest["tables"]:
-                with contextlib.suppress(FileNotFoundError):
-                    self.table_file(table, month).unlink()
+                shutil.rmtree(self.month_dir(table, month), ignore_errors=True)
         _maybe_fail(fail_at, "before_manifest")
+        if before_manifest is not None:
+            before_manifest()
         _write_bytes_atomically(self.manifest_file(month), json.dumps(manifest, indent=2).encode())
         _maybe_fail(fail_at, "after_manifest")
         shutil.rmtree(staging)
+
+    def discard(self, run_id: str) -> None:
+        """Remove a run's staging folder (a run that publishes nothing)."""
+        shutil.rmtree(self.staging_dir(run_id), ignore_errors=True)
 
     def recover(self) -> list[str]:
         """Finish publishes that passed their commit point; drop staging debris. Returns what it did."""
@@ -279,6 +382,28 @@ class Store:
             with contextlib.suppress(OSError):
                 self.lock_owner_file.unlink()
             lock.release()
+
+
+def _tag(run_id: str) -> str:
+    return hashlib.sha256(run_id.encode()).hexdigest()[:8]
+
+
+def run_tag(run_id: str) -> str:
+    """The short tag that part file names of a run carry."""
+    return _tag(run_id)
+
+
+def read_verified(path: Path, sha256: str | None, *, table: str, month: dt.date) -> pl.DataFrame:
+    """Read a part file, refusing one whose bytes do not match the checksum its manifest recorded."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PipelineError(f"month {month_label(month)}: {table} part {path.name} is missing; rerun it") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise PipelineError(f"month {month_label(month)}: {table} does not match its manifest; rerun it")
+    import io
+
+    return pl.read_parquet(io.BytesIO(data))
 
 
 class InjectedFault(RuntimeError):

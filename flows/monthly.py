@@ -1,170 +1,92 @@
 """The Prefect flows: ``monthly_tiers`` evaluates one billing month, ``backfill_tiers`` a range.
 
 Both take the store's single-writer lock, finish any interrupted publish, check that the months may
-be built (ordering, staleness), then run each month: read, clean, load the previous state, guard,
-evaluate, validate, publish. Prefect's task cache is off everywhere: correctness never depends on it.
+be built (ordering, staleness), then call :func:`flows.run_month.run_month` for each month, with
+the month's buckets mapped as Prefect tasks over the flow's task runner: one bucket at a time in
+this process by default, or a Dask cluster (:func:`task_runner`). Prefect's task cache is off
+everywhere: correctness never depends on it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-import polars as pl
-from prefect import Task, flow, get_run_logger, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from billing_tiers import __version__
-from billing_tiers.errors import PipelineError
 from billing_tiers.history import Plan, plan_backfill, plan_run
 from billing_tiers.months import add_months, month_label, parse_month
 from billing_tiers.store import Store
-from flows import steps
-from rulebook import Rulebook, load_rulebook
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from flows.bucket import BucketJob, BucketResult
+from flows.run_month import run_month, summary_frame
+from rulebook import load_rulebook
 
 
-def _task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
-    """A Prefect task that never caches or persists results: reruns always recompute."""
-    return task(name=name, cache_policy=NO_CACHE, persist_result=False, retries=0)
+def task_runner(*, dask_address: str | None = None, dask_workers: int | None = None) -> TaskRunner[Any]:
+    """Where the buckets run: an existing Dask cluster, a local one started for the run, or (default)
+    one bucket at a time in this process, since Polars already uses every core inside a bucket."""
+    if dask_address or dask_workers:
+        from prefect_dask import DaskTaskRunner
 
-
-read_extract = _task("read-extract")(steps.read_extract)
-clean_extract = _task("clean-extract")(steps.clean_extract)
-load_previous = _task("load-previous-state")(steps.load_previous)
-evaluate = _task("evaluate")(steps.evaluate)
-validate_outputs = _task("validate-outputs")(steps.validate_outputs)
-
-
-@_task("publish")
-def publish(
-    store: Store, month: dt.date, run_id: str, tables: dict[str, pl.DataFrame], manifest: dict[str, Any]
-) -> dict[str, Any]:
-    return store.publish(month, run_id, tables, manifest)
-
-
-def _summary(tables: dict[str, pl.DataFrame]) -> list[dict[str, Any]]:
-    tier = tables["tier_assignments"]
-    counts = tier.group_by("program", "level", "action").len().sort("program", "level", "action", nulls_last=True)
-    return counts.to_dicts()
-
-
-def run_month(
-    *,
-    store: Store,
-    extracts: Path,
-    month: dt.date,
-    build_on: dt.date | None,
-    rulebook: Rulebook,
-    rulebook_path: Path | None,
-    override_guards: bool,
-) -> dict[str, Any]:
-    """Evaluate and publish one month on top of the published ``build_on`` month (None: empty)."""
-    logger = get_run_logger()
-    label = month_label(month)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal started
-        now = time.perf_counter()
-        timings[step] = round(now - started, 3)
-        started = now
-
-    read = read_extract(extracts, month)
-    lap("read_extract")
-    clean = clean_extract(read, month)
-    lap("clean_extract")
-    if clean.duplicates_collapsed:
-        logger.warning("month %s: %s exact duplicate rows collapsed to one copy", label, clean.duplicates_collapsed)
-    if read.ignored_columns:
-        logger.warning("month %s: ignored columns not in the contract: %s", label, ", ".join(read.ignored_columns))
-    previous = load_previous(store, build_on)
-    lap("load_previous_state")
-    guards = steps.guard_figures(clean, previous, rulebook)
-    breaches = guards.breaches()
-    if breaches and not override_guards:
-        raise PipelineError(
-            f"month {label}: guard failed, nothing published: {'; '.join(breaches)} "
-            f"(rerun with --override-guards to publish anyway)"
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1"}
         )
-    for breach in breaches:
-        logger.warning("month %s: guard overridden by the operator: %s", label, breach)
-    tables = evaluate(clean, previous, month, rulebook)
-    lap("evaluate")
-    validate_outputs(tables, month)
-    lap("validate_outputs")
-    run_id = f"{label}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    manifest: dict[str, Any] = {
-        "billing_month": label,
-        "run_id": run_id,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code_version": __version__,
-        "built_from": {
-            "month": month_label(build_on) if build_on else None,
-            "run_id": previous.run_id,
-        },
-        "rulebook": {
-            "path": str(rulebook_path) if rulebook_path else "(bundled default)",
-            "sha256": rulebook.checksum,
-        },
-        "inputs": read.files,
-        "ignored_columns": read.ignored_columns,
-        "rows_read": clean.rows_read,
-        "duplicates_collapsed": clean.duplicates_collapsed,
-        "quarantine_by_rule": clean.quarantine_by_rule,
-        "guards": {
-            **guards.as_dict(),
-            "breached": breaches,
-            "overridden": bool(breaches) and override_guards,
-            "override_flag": override_guards,
-        },
-        "summary": _summary(tables),
-        "timings_seconds": timings,
-    }
-    written = publish(store, month, run_id, tables, manifest)
-    lap("publish")
-    create_table_artifact(
-        key=f"tier-summary-{label}",
-        table=manifest["summary"],
-        description=f"Levels and actions per program, billing month {label} (run {run_id})",
-    )
-    logger.info(
-        "month %s published: %s tier rows, %s card events, %s quarantined, %s duplicates collapsed",
-        label,
-        tables["tier_assignments"].height,
-        tables["card_issuance"].height,
-        clean.quarantine.height,
-        clean.duplicates_collapsed,
-    )
-    return written
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+def _map_as_tasks(work: Callable[[BucketJob], BucketResult], jobs: Sequence[BucketJob]) -> list[BucketResult]:
+    """Each bucket is a Prefect task (``evaluate-2026-03-b002``) on the flow's task runner."""
+    bucket_task = task(
+        name="evaluate-bucket",
+        task_run_name="evaluate-{job.label}",
+        cache_policy=NO_CACHE,
+        persist_result=False,
+        retries=0,
+    )(work)
+    futures = [bucket_task.submit(job) for job in jobs]
+    return [future.result() for future in futures]
 
 
 def _run_plan(
-    plan: Plan, *, store: Store, extracts: Path, rulebook_path: Path | None, override_guards: bool
+    plan: Plan,
+    *,
+    store: Store,
+    extracts: Path,
+    rulebook_path: Path | None,
+    override_guards: bool,
+    buckets: int | None,
 ) -> list[dict[str, Any]]:
     rulebook = load_rulebook(rulebook_path)
+    logger = get_run_logger()
     manifests = []
     build_on = plan.build_on
     for month in plan.months:
-        manifests.append(
-            run_month(
-                store=store,
-                extracts=extracts,
-                month=month,
-                build_on=build_on,
-                rulebook=rulebook,
-                rulebook_path=rulebook_path,
-                override_guards=override_guards,
-            )
+        manifest = run_month(
+            store=store,
+            extracts=extracts,
+            month=month,
+            build_on=build_on,
+            rulebook=rulebook,
+            rulebook_path=rulebook_path,
+            override_guards=override_guards,
+            buckets=buckets,
+            map_buckets=_map_as_tasks,
+            logger=logger,
         )
+        create_table_artifact(
+            key=f"tier-summary-{manifest['billing_month']}",
+            table=summary_frame(manifest).to_dicts(),
+            description=f"Levels and actions per program, billing month {manifest['billing_month']} "
+            f"(run {manifest['run_id']})",
+        )
+        manifests.append(manifest)
         build_on = month
     return manifests
 
@@ -177,6 +99,7 @@ def _locked_run(
     extracts: str,
     rulebook: str | None,
     override_guards: bool,
+    buckets: int | None,
 ) -> list[dict[str, Any]]:
     """Under the store's lock: finish any interrupted publish, plan, and run the planned months."""
     the_store = Store(Path(store))
@@ -189,16 +112,18 @@ def _locked_run(
             extracts=Path(extracts),
             rulebook_path=Path(rulebook) if rulebook else None,
             override_guards=override_guards,
+            buckets=buckets,
         )
 
 
-@flow(name="monthly-tiers", persist_result=False, log_prints=True)
+@flow(name="monthly-tiers", flow_run_name="tiers-{month}", persist_result=False, task_runner=task_runner())
 def monthly_tiers(
     month: str,
     extracts: str = "data/sample/extracts",
     store: str = "data/store",
     rulebook: str | None = None,
     override_guards: bool = False,
+    buckets: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
     target = parse_month(month)
@@ -209,10 +134,11 @@ def monthly_tiers(
         extracts=extracts,
         rulebook=rulebook,
         override_guards=override_guards,
+        buckets=buckets,
     )
 
 
-@flow(name="backfill-tiers", persist_result=False, log_prints=True)
+@flow(name="backfill-tiers", flow_run_name="backfill-{start}", persist_result=False, task_runner=task_runner())
 def backfill_tiers(
     start: str,
     end: str | None = None,
@@ -220,6 +146,7 @@ def backfill_tiers(
     store: str = "data/store",
     rulebook: str | None = None,
     override_guards: bool = False,
+    buckets: int | None = None,
 ) -> list[dict[str, Any]]:
     """Re-evaluate ``start`` through ``end`` (default: the latest month with an extract), in order."""
     first, last = parse_month(start), parse_month(end) if end else None
@@ -230,10 +157,11 @@ def backfill_tiers(
         extracts=extracts,
         rulebook=rulebook,
         override_guards=override_guards,
+        buckets=buckets,
     )
 
 
-@flow(name="scheduled-monthly-tiers", persist_result=False, log_prints=True)
+@flow(name="scheduled-monthly-tiers", persist_result=False)
 def scheduled_monthly_tiers(
     extracts: str = "data/sample/extracts",
     store: str = "data/store",

@@ -16,26 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
-    "customer_type": ("individual", "family", "group"),
-    "service_type": ("mobile", "fixed", "broadband"),
-    "plan_category": (
-        "standard",
-        "data_card",
-        "wo_family",
-        "employee_2g",
-        "sms_card_2g",
-        "high_data_2g",
-        "payphone",
-    ),
-    "payment_type": ("postpaid", "prepaid"),
-    "account_class": ("normal", "public_free", "test"),
-    "brand": ("gotone", "mzone", "easyown"),
-    "status": ("active", "suspended", "cancelled"),
-}
-"""The enumerated extract columns and their exact, case-sensitive values (SPEC section 2)."""
-
-SERVICE_TYPES = ATTRIBUTE_VALUES["service_type"]
+from schemas.contract import ATTRIBUTE_VALUES, SERVICE_TYPES, Retention
 
 
 class RulebookError(ValueError):
@@ -133,7 +114,7 @@ class Eligibility(_Strict):
 
 class _ProgramBase(_Strict):
     enabled: bool = True
-    retention: Literal["validity", "recompute", "permanent"]
+    retention: Retention
     card_prefix: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,15}$")]
     levels: Annotated[list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]], Field(min_length=1)]
     card_levels: list[str] = []
@@ -271,10 +252,9 @@ class PointsThresholdProgram(_ProgramBase):
         return self
 
 
-Program = Annotated[
-    AverageBillProgram | PaidSpendProgram | CreditScoreProgram | PointsThresholdProgram,
-    Field(discriminator="kind"),
-]
+AnyProgram = AverageBillProgram | PaidSpendProgram | CreditScoreProgram | PointsThresholdProgram
+"""Every program kind; transforms ``match`` on it."""
+Program = Annotated[AnyProgram, Field(discriminator="kind")]
 
 
 class Rulebook(_Strict):
@@ -295,7 +275,7 @@ class Rulebook(_Strict):
             raise ValueError("programs.*.card_prefix: two programs share a card prefix")
         return self
 
-    def enabled_programs(self) -> dict[str, Any]:
+    def enabled_programs(self) -> dict[str, AnyProgram]:
         """The enabled programs by name, in rulebook order."""
         return {name: program for name, program in self.programs.items() if program.enabled}
 

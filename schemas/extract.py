@@ -11,36 +11,16 @@ import datetime as dt
 from dataclasses import dataclass
 
 import pandera.polars as pa
-import polars as pl
 
-from rulebook import ATTRIBUTE_VALUES
-
-AMOUNT_MIN_FEN = -100_000 * 100
-AMOUNT_MAX_FEN = 1_000_000 * 100
-EARLIEST_ACTIVATION = dt.date(1990, 1, 1)
-CONFLICTING_ROWS = "conflicting_rows"
-
-CONTRACT_COLUMNS: dict[str, pl.DataType] = {
-    "subscriber_id": pl.String(),
-    "customer_type": pl.String(),
-    "service_type": pl.String(),
-    "plan_category": pl.String(),
-    "payment_type": pl.String(),
-    "account_class": pl.String(),
-    "real_name_verified": pl.Boolean(),
-    "brand": pl.String(),
-    "activation_date": pl.Date(),
-    "status": pl.String(),
-    "billed_fen": pl.Int64(),
-    "paid_fen": pl.Int64(),
-    "suspension_count": pl.Int64(),
-    "points_balance": pl.Int64(),
-}
-"""Normalized extract columns and dtypes (money in fen). Equality on these defines a duplicate."""
-
-NULLABLE_COLUMNS = frozenset({"brand", "points_balance"})
-SOURCE_COLUMN = {"billed_fen": "billed_amount", "paid_fen": "paid_amount"}
-"""Normalized money column -> the extract column it was read from (used in rule names)."""
+from schemas.contract import (
+    AMOUNT_MAX_FEN,
+    AMOUNT_MIN_FEN,
+    ATTRIBUTE_VALUES,
+    CONTRACT_COLUMNS,
+    EARLIEST_ACTIVATION,
+    FEN_SOURCE_COLUMN,
+    NULLABLE_EXTRACT_COLUMNS,
+)
 
 
 @dataclass(frozen=True)
@@ -50,14 +30,14 @@ class NamedCheck:
 
 
 def _checks(column: str, month_end: dt.date) -> list[NamedCheck]:
-    source = SOURCE_COLUMN.get(column, column)
+    source = FEN_SOURCE_COLUMN.get(column, column)
     if column in ATTRIBUTE_VALUES:
         return [NamedCheck(f"{column}_allowed_value", pa.Check.isin(list(ATTRIBUTE_VALUES[column])))]
     if column == "subscriber_id":
         return [NamedCheck("subscriber_id_length", pa.Check.str_length(1, 32))]
     if column == "activation_date":
         return [NamedCheck("activation_date_range", pa.Check.in_range(EARLIEST_ACTIVATION, month_end))]
-    if column in SOURCE_COLUMN:
+    if column in FEN_SOURCE_COLUMN:
         return [NamedCheck(f"{source}_range", pa.Check.in_range(AMOUNT_MIN_FEN, AMOUNT_MAX_FEN))]
     if column in ("suspension_count", "points_balance"):
         return [NamedCheck(f"{column}_negative", pa.Check.ge(0))]
@@ -66,7 +46,7 @@ def _checks(column: str, month_end: dt.date) -> list[NamedCheck]:
 
 def required_rule(column: str) -> str:
     """Rule name for a null in a required column."""
-    return f"{SOURCE_COLUMN.get(column, column)}_required"
+    return f"{FEN_SOURCE_COLUMN.get(column, column)}_required"
 
 
 @dataclass(frozen=True)
@@ -86,7 +66,7 @@ def extract_rules(*, month_end: dt.date) -> ExtractRules:
     names: dict[tuple[str, int], str] = {}
     for column, dtype in CONTRACT_COLUMNS.items():
         named = _checks(column, month_end)
-        columns[column] = pa.Column(dtype, checks=[n.check for n in named], nullable=column in NULLABLE_COLUMNS)
+        columns[column] = pa.Column(dtype, checks=[n.check for n in named], nullable=column in NULLABLE_EXTRACT_COLUMNS)
         for number, n in enumerate(named):
             names[(column, number)] = n.rule
     schema = pa.DataFrameSchema(columns, strict=False, name="BillingExtract")

@@ -10,7 +10,7 @@ import polars as pl
 
 from billing_tiers.months import add_months, month_end, parse_month
 from rulebook import Rulebook, load_rulebook
-from schemas.extract import CONTRACT_COLUMNS
+from schemas.contract import CONTRACT_COLUMNS
 from transforms.carry_forward import empty_memberships
 from transforms.evaluate import evaluate_month
 from transforms.metrics import empty_state
@@ -47,9 +47,7 @@ class Engine:
             month_end=month_end(start),
             rulebook=self.rulebook,
         )
-        tier, cards, state, memberships = pl.collect_all(
-            [tables.tier_assignments, tables.card_issuance, tables.state, tables.memberships]
-        )
+        tier, cards, state, memberships = pl.collect_all(tables.frames())
         self.state, self.memberships = state, memberships
         self.tiers[month], self.cards[month] = tier, cards
         return tier

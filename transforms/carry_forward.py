@@ -9,36 +9,24 @@ Levels are handled as indexes into the program's ordered level list (null = none
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import polars as pl
 
 from rulebook import Calendar
-
-TERMINATE, LAPSE, NONE, NEW, UPGRADE, DOWNGRADE, RENEW, RETAIN = (
-    "terminate",
-    "lapse",
-    "none",
-    "new",
-    "upgrade",
-    "downgrade",
-    "renew",
-    "retain",
+from schemas.contract import (
+    DOWNGRADE,
+    LAPSE,
+    MEMBERSHIP_SCHEMA,
+    NEW,
+    NONE,
+    REASONED_ACTIONS,
+    RENEW,
+    RETAIN,
+    TERMINATE,
+    UPGRADE,
+    Retention,
 )
-ACTIONS = (NONE, NEW, UPGRADE, RENEW, DOWNGRADE, RETAIN, LAPSE, TERMINATE)
-REASONED_ACTIONS = (NEW, UPGRADE, RENEW, DOWNGRADE, LAPSE, TERMINATE)
-"""Actions whose tier row carries a human-readable reason (every level change, and renewals)."""
-CARD_EVENTS = ("issue", "void")
-CARD_REASONS = ("new", "upgrade", "renewal", "replaced", "lapsed", "cancelled")
-
-MEMBERSHIP_SCHEMA: dict[str, pl.DataType] = {
-    "subscriber_id": pl.String(),
-    "program": pl.String(),
-    "level": pl.String(),
-    "valid_from": pl.Date(),
-    "valid_until": pl.Date(),
-    "card_id": pl.String(),
-}
-"""Columns of the carried memberships (one row per subscriber per program with a level held)."""
 
 
 def empty_memberships() -> pl.LazyFrame:
@@ -76,72 +64,77 @@ def evaluation_dates(*, month: dt.date, calendar: Calendar) -> dict[str, pl.Expr
     }
 
 
-def decide(
-    frame: pl.LazyFrame,
-    *,
-    program_name: str,
-    levels: list[str],
-    card_levels: list[str],
-    card_prefix: str,
-    retention: str,
-    month: dt.date,
-    calendar: Calendar,
-    forget_after_months: int,
-    explanations: dict[str, pl.Expr],
-) -> pl.LazyFrame:
-    """Apply the state machine to one program's frame (subscribers with ``qualified_idx`` and the
-    previous membership columns ``previous_level, previous_valid_from, previous_valid_until,
-    previous_card_id``). Adds ``action, level, valid_from, valid_until, card_id, reason`` and
-    the card event columns ``issue_reason, void_reason``. ``explanations`` are the program's
-    ``explain_<i>`` and ``ineligible_reason`` expressions, evaluated only where a reason is written."""
+@dataclass(frozen=True)
+class _Terms:
+    """The state machine's terms for one program and month, as Polars expressions."""
+
+    p: pl.Expr  # level index held before (null: none)
+    q: pl.Expr  # qualified level index (null: none)
+    u: pl.Expr  # valid_until of the level held
+    evaluated_on: pl.Expr
+    dates: dict[str, pl.Expr]
+    rerating: pl.Expr
+
+    @property
+    def held(self) -> pl.Expr:
+        return self.p.is_not_null()
+
+
+def _terms(month: dt.date, calendar: Calendar) -> _Terms:
     dates = evaluation_dates(month=month, calendar=calendar)
-    evaluated_on = dates["evaluated_on"]
-    p = pl.col("previous_idx")
-    q = pl.col("qualified_idx")
-    held = p.is_not_null()
     u = pl.col("previous_valid_until")
-    rerating = u.dt.offset_by("-1mo").dt.month_start() == dates["month_of_e"]
+    return _Terms(
+        p=pl.col("previous_idx"),
+        q=pl.col("qualified_idx"),
+        u=u,
+        evaluated_on=dates["evaluated_on"],
+        dates=dates,
+        rerating=u.dt.offset_by("-1mo").dt.month_start() == dates["month_of_e"],
+    )
+
+
+def action_expr(t: _Terms, retention: Retention) -> pl.Expr:
+    """SPEC section 5: the action, first match wins (leaving the state overrides every retention)."""
+    p, q, held = t.p, t.q, t.held
     q_above_p = q.fill_null(-1) > p.fill_null(-1)
     q_below_p = q.fill_null(-1) < p.fill_null(-1)
-
     action: pl.Expr
-    if retention == "validity":
-        action = (
-            pl.when(~held & q.is_null())
-            .then(pl.lit(NONE))
-            .when(~held)
-            .then(pl.lit(NEW))
-            .when(u < evaluated_on)
-            .then(pl.lit(LAPSE))
-            .when(q_above_p)
-            .then(pl.lit(UPGRADE))
-            .when(rerating & (q == p))
-            .then(pl.lit(RENEW))
-            .when(rerating & q.is_not_null())
-            .then(pl.lit(DOWNGRADE))
-            .when(rerating)
-            .then(pl.lit(LAPSE))
-            .otherwise(pl.lit(RETAIN))
-        )
-    elif retention == "recompute":
-        action = (
-            pl.when(~held & q.is_null())
-            .then(pl.lit(NONE))
-            .when(~held)
-            .then(pl.lit(NEW))
-            .when(q.is_null())
-            .then(pl.lit(LAPSE))
-            .when(q_above_p)
-            .then(pl.lit(UPGRADE))
-            .when(q_below_p)
-            .then(pl.lit(DOWNGRADE))
-            .otherwise(pl.lit(RETAIN))
-        )
-    elif retention == "permanent":
-        action = pl.when(held).then(pl.lit(RETAIN)).when(q.is_not_null()).then(pl.lit(NEW)).otherwise(pl.lit(NONE))
-    else:
-        raise ValueError(f"unknown retention {retention!r}")
-    action = (
+    match retention:
+        case "validity":
+            action = (
+                pl.when(~held & q.is_null())
+                .then(pl.lit(NONE))
+                .when(~held)
+                .then(pl.lit(NEW))
+                .when(t.u < t.evaluated_on)
+                .then(pl.lit(LAPSE))
+                .when(q_above_p)
+                .then(pl.lit(UPGRADE))
+                .when(t.rerating & (q == p))
+                .then(pl.lit(RENEW))
+                .when(t.rerating & q.is_not_null())
+                .then(pl.lit(DOWNGRADE))
+                .when(t.rerating)
+                .then(pl.lit(LAPSE))
+                .otherwise(pl.lit(RETAIN))
+            )
+        case "recompute":
+            action = (
+                pl.when(~held & q.is_null())
+                .then(pl.lit(NONE))
+                .when(~held)
+                .then(pl.lit(NEW))
+                .when(q.is_null())
+                .then(pl.lit(LAPSE))
+                .when(q_above_p)
+                .then(pl.lit(UPGRADE))
+                .when(q_below_p)
+                .then(pl.lit(DOWNGRADE))
+                .otherwise(pl.lit(RETAIN))
+            )
+        case "permanent":
+            action = pl.when(held).then(pl.lit(RETAIN)).when(q.is_not_null()).then(pl.lit(NEW)).otherwise(pl.lit(NONE))
+    return (
         pl.when(pl.col("cancelled") & held)
         .then(pl.lit(TERMINATE))
         .when(pl.col("cancelled"))
@@ -153,41 +146,48 @@ def decide(
         .otherwise(action)
     )
 
+
+def level_index_expr(t: _Terms, retention: Retention) -> pl.Expr:
+    """The level after the action, as an index (null: none)."""
     a = pl.col("action")
-    level_idx = (
+    return (
         pl.when(a.is_in([NEW, UPGRADE, DOWNGRADE]) | ((a == RETAIN) & pl.lit(retention == "recompute")))
-        .then(q)
+        .then(t.q)
         .when(a.is_in([RENEW, RETAIN]))
-        .then(p)
+        .then(t.p)
         .otherwise(pl.lit(None, dtype=pl.Int32))
     )
-    validity = retention == "validity"
-    renewal_until = u.dt.offset_by(f"{calendar.validity_months}mo")
+
+
+def validity_exprs(t: _Terms, retention: Retention, calendar: Calendar) -> tuple[pl.Expr, pl.Expr]:
+    """(valid_from, valid_until) after the action; null outside the validity retention."""
+    if retention != "validity":
+        return pl.lit(None, dtype=pl.Date), pl.lit(None, dtype=pl.Date)
+    a = pl.col("action")
     valid_from = (
-        (
-            pl.when(a.is_in([NEW, UPGRADE]))
-            .then(evaluated_on)
-            .when(a.is_in([RENEW, DOWNGRADE]))
-            .then(dates["renewal_from"])
-            .when(a == RETAIN)
-            .then(pl.col("previous_valid_from"))
-        )
-        if validity
-        else pl.lit(None, dtype=pl.Date)
+        pl.when(a.is_in([NEW, UPGRADE]))
+        .then(t.evaluated_on)
+        .when(a.is_in([RENEW, DOWNGRADE]))
+        .then(t.dates["renewal_from"])
+        .when(a == RETAIN)
+        .then(pl.col("previous_valid_from"))
     )
     valid_until = (
-        (
-            pl.when(a.is_in([NEW, UPGRADE]))
-            .then(dates["new_until"])
-            .when(a.is_in([RENEW, DOWNGRADE]))
-            .then(renewal_until)
-            .when(a == RETAIN)
-            .then(u)
-        )
-        if validity
-        else pl.lit(None, dtype=pl.Date)
+        pl.when(a.is_in([NEW, UPGRADE]))
+        .then(t.dates["new_until"])
+        .when(a.is_in([RENEW, DOWNGRADE]))
+        .then(t.u.dt.offset_by(f"{calendar.validity_months}mo"))
+        .when(a == RETAIN)
+        .then(t.u)
     )
+    return valid_from, valid_until
 
+
+def card_exprs(t: _Terms, card_levels: list[str], card_prefix: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(issue_reason, void_reason, card_id): the month's card events and the card valid for the level.
+
+    ``card_id`` reads ``issue_reason``, so it must be added after the reasons."""
+    a = pl.col("action")
     level_has_card = pl.col("level").is_in(card_levels)
     previous_has_card = pl.col("previous_level").is_in(card_levels) & pl.col("previous_card_id").is_not_null()
     issue_reason = (
@@ -211,12 +211,7 @@ def decide(
         .then(pl.lit("replaced"))
     )
     new_card_id = pl.concat_str(
-        [
-            pl.lit(f"{card_prefix}-"),
-            evaluated_on.dt.strftime("%Y%m%d"),
-            pl.lit("-"),
-            pl.col("subscriber_id"),
-        ]
+        [pl.lit(f"{card_prefix}-"), t.evaluated_on.dt.strftime("%Y%m%d"), pl.lit("-"), pl.col("subscriber_id")]
     )
     card_id = (
         pl.when(pl.col("issue_reason").is_not_null())
@@ -225,12 +220,19 @@ def decide(
         .then(pl.col("previous_card_id"))
         .otherwise(pl.lit(None, dtype=pl.String))
     )
+    return issue_reason, void_reason, card_id
 
-    count = len(levels)
+
+def reason_expr(t: _Terms, retention: Retention, level_count: int, forget_after_months: int) -> pl.Expr:
+    """The human-readable reason of a level-changing action; reads the ``explain_<i>`` columns."""
+    a = pl.col("action")
+    p, q, u = t.p, t.q, t.u
+    validity = retention == "validity"
     lowest_or_ineligible = pl.when(pl.col("eligible")).then(pl.col("explain_0")).otherwise(pl.col("ineligible_reason"))
-    why_not_previous = pl.when(pl.col("eligible")).then(_pick(p, count)).otherwise(pl.col("ineligible_reason"))
+    why_not_previous = pl.when(pl.col("eligible")).then(_pick(p, level_count)).otherwise(pl.col("ineligible_reason"))
     expiry_text = u.dt.strftime("%Y-%m-%d")
-    reason = (
+    rerating_prefix = [pl.lit("re-rating before expiry "), expiry_text, pl.lit(": ")] if validity else []
+    return (
         pl.when(a == TERMINATE)
         .then(pl.concat_str([pl.lit("status cancelled: "), pl.col("previous_level"), pl.lit(" terminated")]))
         .when((a == LAPSE) & pl.col("forgotten"))
@@ -244,61 +246,64 @@ def decide(
             )
         )
         .when(a.is_in([NEW, UPGRADE]))
-        .then(_pick(q, count))
-        .when((a == LAPSE) & validity & (u < evaluated_on))
+        .then(_pick(q, level_count))
+        .when((a == LAPSE) & pl.lit(validity) & (u < t.evaluated_on))
         .then(
             pl.concat_str(
                 [
                     pl.lit("validity ended "),
                     expiry_text,
                     pl.lit(" before the evaluation on "),
-                    evaluated_on.dt.strftime("%Y-%m-%d"),
+                    t.evaluated_on.dt.strftime("%Y-%m-%d"),
                 ]
             )
         )
-        .when((a == RENEW) & validity)
-        .then(pl.concat_str([pl.lit("re-rating before expiry "), expiry_text, pl.lit(": "), _pick(q, count)]))
+        .when((a == RENEW) & pl.lit(validity))
+        .then(pl.concat_str([*rerating_prefix, _pick(q, level_count)]))
         .when(a == DOWNGRADE)
-        .then(
-            pl.concat_str(
-                [
-                    pl.lit("re-rating before expiry " if validity else ""),
-                    *([expiry_text, pl.lit(": ")] if validity else []),
-                    why_not_previous,
-                    pl.lit("; qualifies for "),
-                    _pick(q, count),
-                ]
-            )
-        )
+        .then(pl.concat_str([*rerating_prefix, why_not_previous, pl.lit("; qualifies for "), _pick(q, level_count)]))
         .when(a == LAPSE)
-        .then(
-            pl.concat_str(
-                [
-                    pl.lit("re-rating before expiry " if validity else ""),
-                    *([expiry_text, pl.lit(": ")] if validity else []),
-                    lowest_or_ineligible,
-                ]
-            )
-        )
+        .then(pl.concat_str([*rerating_prefix, lowest_or_ineligible]))
         .otherwise(pl.lit(None, dtype=pl.String))
     )
 
+
+def decide(
+    frame: pl.LazyFrame,
+    *,
+    program_name: str,
+    levels: list[str],
+    card_levels: list[str],
+    card_prefix: str,
+    retention: Retention,
+    month: dt.date,
+    calendar: Calendar,
+    forget_after_months: int,
+    explanations: dict[str, pl.Expr],
+) -> pl.LazyFrame:
+    """Apply the state machine to one program's frame (subscribers with ``qualified_idx`` and the
+    previous membership columns ``previous_level, previous_valid_from, previous_valid_until,
+    previous_card_id``). Adds ``action, level, valid_from, valid_until, card_id, reason`` and
+    the card event columns ``issue_reason, void_reason``. ``explanations`` are the program's
+    ``explain_<i>`` and ``ineligible_reason`` expressions, evaluated only where a reason is written."""
+    t = _terms(month, calendar)
+    valid_from, valid_until = validity_exprs(t, retention, calendar)
+    issue_reason, void_reason, card_id = card_exprs(t, card_levels, card_prefix)
     decided = (
-        frame.with_columns(
-            _level_index(levels, "previous_level").alias("previous_idx"),
-        )
-        .with_columns(action.alias("action"))
+        frame.with_columns(_level_index(levels, "previous_level").alias("previous_idx"))
+        .with_columns(action_expr(t, retention).alias("action"))
         .with_columns(
-            _level_name(levels, level_idx).alias("level"),
+            _level_name(levels, level_index_expr(t, retention)).alias("level"),
             valid_from.alias("valid_from"),
             valid_until.alias("valid_until"),
-            evaluated_on.alias("evaluated_on"),
-            _level_name(levels, q).alias("qualified_level"),
+            t.evaluated_on.alias("evaluated_on"),
+            _level_name(levels, t.q).alias("qualified_level"),
         )
         .with_columns(issue_reason.alias("issue_reason"), void_reason.alias("void_reason"))
         .with_columns(card_id.alias("card_id"), pl.lit(program_name).alias("program"))
     )
     needs_reason = pl.col("action").is_in(REASONED_ACTIONS)
+    reason = reason_expr(t, retention, len(levels), forget_after_months)
     with_reason = (
         decided.filter(needs_reason)
         .with_columns(**explanations)

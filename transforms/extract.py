@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import polars as pl
 
-from schemas.extract import CONFLICTING_ROWS, CONTRACT_COLUMNS
+from schemas.contract import (
+    CONFLICTING_ROWS,
+    CONTRACT_COLUMNS,
+    FEN_SOURCE_COLUMN,
+    QUARANTINE,
+    ROW_ID,
+)
 from transforms.money import fen_to_yuan
-
-SOURCE_FILE = "source_file"
-SOURCE_ROW = "source_row"
-ROW_ID = "row_id"
 
 
 def collapse_duplicates(rows: pl.LazyFrame) -> pl.LazyFrame:
@@ -40,16 +42,8 @@ def quarantine_table(rows: pl.LazyFrame, *, failures: pl.LazyFrame) -> pl.LazyFr
         pl.col("rule").first(),
         pl.concat_str([pl.col("rule"), pl.col("detail")], separator="=").str.join("; ").alias("broken_rules"),
     )
-    money = [
-        fen_to_yuan(pl.col("billed_fen")).alias("billed_amount"),
-        fen_to_yuan(pl.col("paid_fen")).alias("paid_amount"),
-    ]
-    contract = [c for c in CONTRACT_COLUMNS if c not in ("billed_fen", "paid_fen")]
-    return (
-        rows.join(per_row, on=ROW_ID, how="inner")
-        .sort(ROW_ID)
-        .select(SOURCE_FILE, SOURCE_ROW, "rule", "broken_rules", *contract, *money)
-    )
+    money = [fen_to_yuan(pl.col(fen)).alias(yuan) for fen, yuan in FEN_SOURCE_COLUMN.items()]
+    return rows.join(per_row, on=ROW_ID, how="inner").sort(ROW_ID).with_columns(money).select(list(QUARANTINE.columns))
 
 
 def presence(rows: pl.LazyFrame) -> pl.LazyFrame:

@@ -11,41 +11,8 @@ import datetime as dt
 
 import polars as pl
 
-ATTRIBUTES = (
-    "customer_type",
-    "service_type",
-    "plan_category",
-    "payment_type",
-    "account_class",
-    "real_name_verified",
-    "brand",
-    "activation_date",
-    "status",
-    "points_balance",
-)
-"""Carried as last seen while a subscriber is absent."""
-
-STATE_SCHEMA: dict[str, pl.DataType] = {
-    "subscriber_id": pl.String(),
-    "entered_month": pl.Date(),
-    "last_seen_month": pl.Date(),
-    "months_in_state": pl.Int32(),
-    "months_absent": pl.Int32(),
-    "cum_paid_fen": pl.Int64(),
-    "billed_window_fen": pl.List(pl.Int64()),
-    "suspension_window": pl.List(pl.Int64()),
-    "customer_type": pl.String(),
-    "service_type": pl.String(),
-    "plan_category": pl.String(),
-    "payment_type": pl.String(),
-    "account_class": pl.String(),
-    "real_name_verified": pl.Boolean(),
-    "brand": pl.String(),
-    "activation_date": pl.Date(),
-    "status": pl.String(),
-    "points_balance": pl.Int64(),
-}
-"""Columns of the carried subscriber state (one row per subscriber in the state)."""
+from schemas.contract import CARRIED_ATTRIBUTES as ATTRIBUTES
+from schemas.contract import STATE_SCHEMA
 
 
 def empty_state() -> pl.LazyFrame:
@@ -138,8 +105,3 @@ def carry_subscribers(
         # Floor division keeps the shown average at or below the exact one (149.996 -> 149.99).
         (pl.col("billed_6m_fen") // pl.col("avg_divisor")).alias("avg_billed_6m_fen"),
     )
-
-
-def next_state(subscribers: pl.LazyFrame) -> pl.LazyFrame:
-    """The state the next month reads: everyone evaluated who does not leave."""
-    return subscribers.filter(~pl.col("leaves")).select(list(STATE_SCHEMA)).sort("subscriber_id")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from rulebook import (
+    AnyProgram,
     AverageBillProgram,
     CreditScoreProgram,
     PaidSpendProgram,
@@ -188,22 +189,20 @@ def _points_rules(program: PointsThresholdProgram) -> list[LevelRule]:
     return rules
 
 
-def level_rules(program: object) -> list[LevelRule]:
+def level_rules(program: AnyProgram) -> list[LevelRule]:
     """The per-level rules of any program kind, lowest level first."""
-    if isinstance(program, AverageBillProgram):
-        return _average_bill_rules(program)
-    if isinstance(program, PaidSpendProgram):
-        return _paid_spend_rules(program)
-    if isinstance(program, CreditScoreProgram):
-        return _credit_score_rules(program)
-    if isinstance(program, PointsThresholdProgram):
-        return _points_rules(program)
-    raise TypeError(f"unknown program kind {type(program).__name__}")
+    match program:
+        case AverageBillProgram():
+            return _average_bill_rules(program)
+        case PaidSpendProgram():
+            return _paid_spend_rules(program)
+        case CreditScoreProgram():
+            return _credit_score_rules(program)
+        case PointsThresholdProgram():
+            return _points_rules(program)
 
 
-def eligibility(
-    program: AverageBillProgram | PaidSpendProgram | CreditScoreProgram | PointsThresholdProgram,
-) -> tuple[pl.Expr, pl.Expr]:
+def eligibility(program: AnyProgram) -> tuple[pl.Expr, pl.Expr]:
     """(is eligible, text naming the first attribute that is not) for the program."""
     eligible = pl.lit(True)
     why_not: pl.Expr = pl.lit(None, dtype=pl.String)
@@ -220,15 +219,15 @@ def eligibility(
     return eligible, why_not
 
 
-def qualify(subscribers: pl.LazyFrame, *, program: object) -> pl.LazyFrame:
+def qualify(subscribers: pl.LazyFrame, *, program: AnyProgram) -> pl.LazyFrame:
     """Adds ``score`` (credit programs; null elsewhere), ``eligible`` and ``qualified_idx``
     (Int32 index into the program's levels, null for none) to the subscriber frame."""
-    assert isinstance(program, AverageBillProgram | PaidSpendProgram | CreditScoreProgram | PointsThresholdProgram)
-    frame = subscribers
-    if isinstance(program, CreditScoreProgram):
-        frame = frame.with_columns(credit_score(program)["total"].alias("score"))
-    else:
-        frame = frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("score"))
+    match program:
+        case CreditScoreProgram():
+            score = credit_score(program)["total"]
+        case _:
+            score = pl.lit(None, dtype=pl.Int64)
+    frame = subscribers.with_columns(score.alias("score"))
     eligible, _ = eligibility(program)
     qualified: pl.Expr = pl.lit(None, dtype=pl.Int32)
     can_qualify = pl.col("eligible") & ~pl.col("cancelled")
@@ -237,11 +236,10 @@ def qualify(subscribers: pl.LazyFrame, *, program: object) -> pl.LazyFrame:
     return frame.with_columns(eligible.alias("eligible")).with_columns(qualified.alias("qualified_idx"))
 
 
-def explanations(program: object) -> dict[str, pl.Expr]:
+def explanations(program: AnyProgram) -> dict[str, pl.Expr]:
     """Text columns for reasons: ``explain_<i>`` says why level i holds or not, and
     ``ineligible_reason`` names the first eligibility condition that fails. They are costly
     strings, so they are computed only for the rows whose action needs a reason."""
-    assert isinstance(program, AverageBillProgram | PaidSpendProgram | CreditScoreProgram | PointsThresholdProgram)
     _, why_not = eligibility(program)
     columns = {f"explain_{index}": rule.explain for index, rule in enumerate(level_rules(program))}
     columns["ineligible_reason"] = why_not

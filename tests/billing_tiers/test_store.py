@@ -1,4 +1,4 @@
-"""The store's atomic publish: a fault at any step leaves old or new files, and recovery converges."""
+"""The store's atomic publish: a fault at any step leaves old or new table-months, and recovery converges."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from billing_tiers.history import store_status
-from billing_tiers.store import TABLES, InjectedFault, Store
+from billing_tiers.store import InjectedFault, Store
+from schemas.contract import TABLES
 
 MONTH = dt.date(2024, 1, 1)
 STEPS = [
@@ -31,7 +32,8 @@ def manifest(run_id: str) -> dict[str, object]:
 
 
 def snapshot(store: Store) -> dict[str, list[str]]:
-    return {t: pl.read_parquet(store.table_file(t, MONTH))["subscriber_id"].to_list() for t in TABLES}
+    """What a reader scanning each table-month folder sees."""
+    return {t: pl.read_parquet(store.month_dir(t, MONTH))["subscriber_id"].to_list() for t in TABLES}
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -41,8 +43,11 @@ def test_a_fault_at_any_step_then_recovery_gives_old_or_new_never_a_mix(tmp_path
     old = snapshot(store)
     with pytest.raises(InjectedFault):
         store.publish(MONTH, "run-2", tables(2), manifest("run-2"), fail_at=step)
-    for table in TABLES:  # whatever the step, every visible file is a whole, readable file
-        pl.read_parquet(store.table_file(table, MONTH))
+    for table in TABLES:  # whatever the step, every visible table-month is whole: one run's parts
+        assert pl.read_parquet(store.month_dir(table, MONTH))["subscriber_id"].to_list() in (
+            [f"{table}-1"],
+            [f"{table}-2"],
+        )
     committed = STEPS.index(step) > STEPS.index("before_journal")
     if not committed:
         assert snapshot(store) == old
@@ -62,7 +67,8 @@ def snapshot_of(version: int) -> dict[str, list[str]]:
 def test_read_table_refuses_a_file_that_does_not_match_its_manifest(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.publish(MONTH, "run-1", tables(1), manifest("run-1"))
-    pl.DataFrame({"subscriber_id": ["tampered"]}).write_parquet(store.table_file("state", MONTH))
+    (part,) = store.month_dir("state", MONTH).iterdir()
+    pl.DataFrame({"subscriber_id": ["tampered"]}).write_parquet(part)
     with pytest.raises(Exception, match="state does not match its manifest"):
         store.read_table("state", MONTH)
     assert store_status(store)[0].problem == "incomplete: state file does not match the manifest checksum"

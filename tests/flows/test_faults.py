@@ -1,7 +1,9 @@
 """Run safety: faults at every step, kill -9 of a real backfill, random crash sequences.
 
 Whatever happens, published months stay readable, and rerunning the same command ends in exactly
-the tables an uninterrupted run gives.
+the tables an uninterrupted run gives. The faulted runs split each month into several buckets
+(several part files per table-month) while the clean reference store uses one, so convergence also
+shows that the bucket count never changes a row.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from hypothesis import strategies as st
 
 from billing_tiers.errors import PipelineError
 from billing_tiers.history import store_status
-from billing_tiers.store import TABLES, InjectedFault, Store
-from flows import monthly, steps
+from billing_tiers.store import InjectedFault, Store
+from flows import bucket, monthly, run_month
+from schemas.contract import TABLES
 from tests.billing_tiers.test_store import STEPS
 from tests.extract_factory import write_history
 
 MONTHS = ["2024-01", "2024-02", "2024-03", "2024-04", "2024-05"]
+BUCKETS = 3
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -70,7 +74,7 @@ def assert_readable(store: Path) -> None:
 @pytest.fixture(scope="module")
 def three_months(extracts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("three")
-    monthly.backfill_tiers(start=MONTHS[0], end=MONTHS[2], extracts=str(extracts), store=str(store))
+    monthly.backfill_tiers(start=MONTHS[0], end=MONTHS[2], extracts=str(extracts), store=str(store), buckets=BUCKETS)
     return store
 
 
@@ -101,16 +105,16 @@ def test_a_fault_at_any_step_keeps_the_store_readable_and_a_rerun_converges(
             def fail(*_: object) -> None:
                 raise InjectedFault("injected fault after validation")
 
-            patch.setattr(monthly, "validate_outputs", monthly.task(fail))
+            patch.setattr(bucket, "validate_tables", fail)
         else:
-            patch.setattr(Store, "publish", functools.partialmethod(Store.publish, fail_at=step))
+            patch.setattr(Store, "commit", functools.partialmethod(Store.commit, fail_at=step))
         with pytest.raises(InjectedFault):
-            monthly.backfill_tiers(start=MONTHS[3], extracts=str(extracts), store=str(store))
+            monthly.backfill_tiers(start=MONTHS[3], extracts=str(extracts), store=str(store), buckets=BUCKETS)
     assert_readable(store)
     for table, frame in before.items():  # every previously published month is untouched
         now = contents(store)[table].filter(pl.col("billing_month") <= MONTHS[2])
         assert now.equals(frame), table
-    monthly.backfill_tiers(start=MONTHS[3], extracts=str(extracts), store=str(store))
+    monthly.backfill_tiers(start=MONTHS[3], extracts=str(extracts), store=str(store), buckets=BUCKETS)
     assert_same_store(store, clean_store)
 
 
@@ -135,19 +139,19 @@ def test_a_backfill_that_dies_half_way_marks_later_months_stale(
 
     store = tmp_path / "store"
     shutil.copytree(clean_store, store)
-    real_evaluate = steps.evaluate
+    real_evaluate = bucket.evaluate_bucket
     calls = {"n": 0}
 
-    def dies_on_third_month(*args: object) -> object:
+    def dies_in_the_third_month(job: bucket.BucketJob) -> bucket.BucketResult:
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 2 * BUCKETS + 2:  # the second bucket of the third month
             raise InjectedFault("died")
-        return real_evaluate(*args)  # type: ignore[arg-type]
+        return real_evaluate(job)
 
     with monkeypatch.context() as patch:
-        patch.setattr(monthly, "evaluate", monthly.task(dies_on_third_month))
+        patch.setattr(run_month, "evaluate_bucket", dies_in_the_third_month)
         with pytest.raises(InjectedFault):
-            monthly.backfill_tiers(start=MONTHS[1], extracts=str(extracts), store=str(store))
+            monthly.backfill_tiers(start=MONTHS[1], extracts=str(extracts), store=str(store), buckets=BUCKETS)
     problems = {s.month.strftime("%Y-%m"): s.problem for s in store_status(Store(store))}
     assert problems["2024-02"] is None and problems["2024-03"] is None
     assert problems["2024-04"] is not None and problems["2024-04"].startswith("stale")
@@ -170,17 +174,17 @@ def test_random_runs_crashes_and_reruns_end_in_the_clean_store(
     crashes: list[tuple[int, str]], extracts: Path, clean_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     store = tmp_path_factory.mktemp("random")
-    original = Store.publish
+    original = Store.commit
     for start, step in crashes:
-        Store.publish = functools.partialmethod(original, fail_at=step)  # type: ignore[method-assign]
+        Store.commit = functools.partialmethod(original, fail_at=step)  # type: ignore[method-assign]
         try:
             latest = [s.month for s in store_status(Store(store))]
             first = MONTHS[min(start, len(latest))]
-            monthly.backfill_tiers(start=first, extracts=str(extracts), store=str(store))
+            monthly.backfill_tiers(start=first, extracts=str(extracts), store=str(store), buckets=BUCKETS)
         except (InjectedFault, PipelineError):
             pass
         finally:
-            Store.publish = original  # type: ignore[method-assign]
+            Store.commit = original  # type: ignore[method-assign]
         assert_readable(store)
     statuses = store_status(Store(store))
     first_bad = next((s.month for s in statuses if not s.healthy), None)
@@ -209,12 +213,12 @@ def test_kill_9_of_a_real_backfill_then_rerun_gives_identical_tables(
 
     api_url = str(PREFECT_API_URL.value())
     store = tmp_path / "store"
-    process = _cli(store, extracts, api_url, "backfill", "--from", MONTHS[0])
+    process = _cli(store, extracts, api_url, "backfill", "--from", MONTHS[0], "--buckets", str(BUCKETS))
     time.sleep(delay)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert_readable(store)
-    rerun = _cli(store, extracts, api_url, "backfill", "--from", MONTHS[0])
+    rerun = _cli(store, extracts, api_url, "backfill", "--from", MONTHS[0], "--buckets", "2")
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err.decode()
     assert_same_store(store, clean_store)

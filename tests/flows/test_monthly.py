@@ -10,8 +10,9 @@ import pytest
 
 from billing_tiers.errors import PipelineError
 from billing_tiers.history import store_status
-from billing_tiers.store import TABLES, Store
+from billing_tiers.store import Store
 from flows.monthly import backfill_tiers, monthly_tiers
+from schemas.contract import TABLES
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "extracts"
 FIRST, LAST = "2024-01", "2026-03"
@@ -90,10 +91,10 @@ def test_readers_see_billing_month_from_the_partition(sample_store: Path) -> Non
 def test_a_rerun_of_the_latest_month_gives_identical_tables(sample_store: Path, tmp_path: Path) -> None:
     store = tmp_path / "copy"
     shutil.copytree(sample_store, store)
-    before = {t: pl.read_parquet(Store(store).table_file(t, _month(LAST))) for t in TABLES}
+    before = {t: pl.read_parquet(Store(store).month_dir(t, _month(LAST))) for t in TABLES}
     monthly_tiers(month=LAST, extracts=str(SAMPLE), store=str(store))
     for table in TABLES:
-        after = pl.read_parquet(Store(store).table_file(table, _month(LAST)))
+        after = pl.read_parquet(Store(store).month_dir(table, _month(LAST)))
         assert after.equals(before[table]), table
     assert all(s.healthy for s in store_status(Store(store)))
 
@@ -131,9 +132,9 @@ def test_a_quarantined_subscriber_counts_as_absent_and_as_present_for_the_guard(
     manifests = backfill_tiers(start="2024-01", extracts=str(extracts), store=str(store))
     assert manifests[1]["guards"]["missing_subscribers"] == 0
     assert manifests[1]["guards"]["quarantined_rows"] == 1
-    tiers = pl.read_parquet(Store(store).table_file("tier_assignments", _month("2024-02")))
+    tiers = pl.read_parquet(Store(store).month_dir("tier_assignments", _month("2024-02")))
     vip = tiers.filter((pl.col("subscriber_id") == "q") & (pl.col("program") == "unicom_vip")).row(0, named=True)
     assert (vip["present"], vip["months_absent"], vip["action"], vip["level"]) == (False, 1, "retain", "silver")
     assert str(vip["billed_6m"]) == "900.00"
-    quarantine = pl.read_parquet(Store(store).table_file("quarantine", _month("2024-02")))
+    quarantine = pl.read_parquet(Store(store).month_dir("quarantine", _month("2024-02")))
     assert quarantine.select("subscriber_id", "rule").rows() == [("q", "customer_type_allowed_value")]

@@ -1,4 +1,4 @@
-"""Cleaning a month's extract: duplicates, conflicts, value rules to quarantine, guards."""
+"""Cleaning a month's extract (as each bucket does): duplicates, conflicts, value rules to quarantine, guards."""
 
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ import polars as pl
 import pytest
 
 from billing_tiers.errors import PipelineError
-from flows import steps
+from flows.bucket import CleanRows, clean_rows, read_month_rows
 from rulebook import load_rulebook
 from tests.extract_factory import row, write_extract
+from transforms.guards import GuardFigures, missing_subscribers
 
 MONTH = dt.date(2024, 3, 1)
 
 
-def clean(tmp_path: Path, rows: list[dict[str, object]], **more_files: list[dict[str, object]]) -> steps.CleanExtract:
+def clean(tmp_path: Path, rows: list[dict[str, object]], **more_files: list[dict[str, object]]) -> CleanRows:
     write_extract(tmp_path, "2024-03", rows)
     for name, extra in more_files.items():
         write_extract(tmp_path, "2024-03", extra, name=f"{name}.parquet")
-    return steps.clean_extract(steps.read_extract(tmp_path, MONTH), MONTH)
+    return clean_rows(read_month_rows(tmp_path, MONTH), MONTH)
 
 
 @pytest.mark.parametrize(
@@ -93,40 +94,38 @@ def test_a_row_breaking_several_rules_is_quarantined_once_listing_all(tmp_path: 
 
 def test_missing_month_folder_and_empty_folder_are_errors_naming_the_month(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="month 2024-03: no extract folder"):
-        steps.read_extract(tmp_path, MONTH)
+        read_month_rows(tmp_path, MONTH)
     (tmp_path / "billing_month=2024-03").mkdir()
     with pytest.raises(PipelineError, match="month 2024-03: no Parquet file"):
-        steps.read_extract(tmp_path, MONTH)
+        read_month_rows(tmp_path, MONTH)
 
 
-def test_a_file_with_no_rows_is_an_error(tmp_path: Path) -> None:
-    write_extract(tmp_path, "2024-03", [])
-    with pytest.raises(PipelineError, match="month 2024-03: the extract has no rows"):
-        steps.read_extract(tmp_path, MONTH)
-
-
-def _previous(ids: list[str]) -> steps.Previous:
-    return steps.Previous(
-        state=pl.DataFrame(),
-        memberships=pl.DataFrame(),
-        presence=pl.DataFrame({"subscriber_id": ids}, schema={"subscriber_id": pl.String}),
-        run_id="r",
+def guard_figures(clean: CleanRows, previous_ids: list[str]) -> GuardFigures:
+    rulebook = load_rulebook()
+    previous = pl.LazyFrame({"subscriber_id": previous_ids}, schema={"subscriber_id": pl.String})
+    missing = missing_subscribers(previous_ids=previous, current_ids=clean.presence.lazy()).collect()
+    return GuardFigures(
+        rows_after_duplicates=clean.rows_after_duplicates,
+        quarantined_rows=clean.quarantine.height,
+        previous_subscribers=len(previous_ids),
+        missing_subscribers=missing.height,
+        max_quarantine_ratio=rulebook.guards.max_quarantine_ratio,
+        max_missing_ratio=rulebook.guards.max_missing_ratio,
     )
 
 
 def test_guards_are_exact_ratios(tmp_path: Path) -> None:
-    rulebook = load_rulebook()
     rows = [row(f"s{i:03d}") for i in range(100)]
     one_bad = clean(tmp_path / "a", [*rows[:99], {**rows[99], "status": "x"}])
-    figures = steps.guard_figures(one_bad, _previous([]), rulebook)
+    figures = guard_figures(one_bad, [])
     assert (figures.quarantined_rows, figures.rows_after_duplicates) == (1, 100)
     assert figures.breaches() == []  # 1% is not more than 1%
     two_bad = clean(tmp_path / "b", [*rows[:98], {**rows[98], "status": "x"}, {**rows[99], "status": "x"}])
-    assert "max_quarantine_ratio" in steps.guard_figures(two_bad, _previous([]), rulebook).breaches()[0]
+    assert "max_quarantine_ratio" in guard_figures(two_bad, []).breaches()[0]
 
     previous_ids = [f"s{i:03d}" for i in range(100)] + [f"gone{i}" for i in range(5)]
-    five = steps.guard_figures(one_bad, _previous(previous_ids), rulebook)
+    five = guard_figures(one_bad, previous_ids)
     assert (five.missing_subscribers, five.previous_subscribers) == (5, 105)
     assert five.breaches() == []
-    six = steps.guard_figures(one_bad, _previous([*previous_ids, "gone5", "gone6"]), rulebook)
+    six = guard_figures(one_bad, [*previous_ids, "gone5", "gone6"])
     assert "max_missing_ratio" in six.breaches()[0]

@@ -1,0 +1,274 @@
+"""One bucket of one month, start to finish: clean its extract rows, evaluate it on its previous
+state, validate its output tables and write them as staged part files.
+
+A bucket holds every row of the subscribers whose stable hash falls in it (:mod:`transforms.buckets`),
+so every rule that looks at one subscriber (duplicates, conflicts, carry-forward) runs inside one
+bucket, and memory grows with the bucket, not with the base. A job names only paths and settings
+(never frames), so the same function runs in this process or on a Dask worker that sees the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pandera.errors import SchemaError, SchemaErrors
+
+from billing_tiers.errors import PipelineError
+from billing_tiers.extract_io import FILE_INDEX, read_extract_file
+from billing_tiers.months import month_end, month_label
+from billing_tiers.store import extract_files, part_name, read_verified, write_part
+from rulebook import Rulebook
+from schemas.contract import (
+    CONTRACT_COLUMNS,
+    EXTRACT_PRESENCE,
+    MEMBERSHIPS,
+    PUBLISHED_TABLES,
+    ROW_ID,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    STATE,
+)
+from schemas.extract import extract_rules, required_rule
+from schemas.outputs import TABLE_MODELS
+from transforms.evaluate import evaluate_month
+from transforms.extract import collapse_duplicates, conflicting_row_ids, presence, quarantine_table
+from transforms.guards import missing_subscribers
+
+
+@dataclass(frozen=True)
+class PartRef:
+    """A part file to read, with the checksum its manifest recorded (None: made by this run)."""
+
+    path: Path
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class BucketJob:
+    """Everything one bucket's work needs, as paths and settings."""
+
+    month: dt.date
+    bucket: int
+    buckets: int
+    extract_dir: Path
+    """Scratch folder of this bucket's extract rows (may not exist: no rows)."""
+    source_files: tuple[str, ...]
+    """Extract file names by file index, for the quarantine table."""
+    previous: dict[str, tuple[PartRef, ...]]
+    """Carried table name -> the parts of the previous month that belong to this bucket."""
+    staged_dirs: dict[str, Path]
+    """Published table name -> the staging folder its part goes to."""
+    tag: str
+    rulebook: Rulebook
+
+    @property
+    def label(self) -> str:
+        return f"{month_label(self.month)}-b{self.bucket:03d}"
+
+
+@dataclass
+class BucketResult:
+    """What one bucket reports back: counts for the guards and the manifest, and its part files."""
+
+    bucket: int
+    rows_read: int
+    rows_after_duplicates: int
+    quarantined_rows: int
+    quarantine_by_rule: dict[str, int]
+    previous_subscribers: int
+    missing_subscribers: int
+    summary: list[dict[str, Any]]
+    parts: dict[str, dict[str, Any]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CleanRows:
+    """A month's (or a bucket's) rows after SPEC section 2 steps 2-4."""
+
+    valid_rows: pl.DataFrame
+    quarantine: pl.DataFrame
+    presence: pl.DataFrame
+    rows_read: int
+    rows_after_duplicates: int
+    quarantine_by_rule: dict[str, int]
+
+    @property
+    def duplicates_collapsed(self) -> int:
+        return self.rows_read - self.rows_after_duplicates
+
+
+def _value_rule_failures(candidates: pl.DataFrame, month: dt.date) -> pl.DataFrame:
+    """Run the Pandera extract schema; one row per (row_id, rule) broken."""
+    rules = extract_rules(month_end=month_end(month))
+    empty = pl.DataFrame(schema={ROW_ID: pl.UInt32, "rule": pl.String, "detail": pl.String})
+    try:
+        rules.schema.validate(candidates.select(list(CONTRACT_COLUMNS)), lazy=True)
+    except SchemaErrors as errors:
+        cases = errors.failure_cases
+    except SchemaError as error:  # pragma: no cover - lazy=True reports SchemaErrors
+        raise PipelineError(f"extract {month_label(month)}: {error}") from error
+    else:
+        return empty
+    row_cases = cases.filter(pl.col("index").is_not_null())
+    if row_cases.height < cases.height:
+        schema_level = cases.filter(pl.col("index").is_null()).row(0, named=True)
+        raise PipelineError(f"extract {month_label(month)}: column {schema_level['column']}: {schema_level['check']}")
+    names = {f"{column}#{number}": rule for (column, number), rule in rules.rule_names.items()}
+    required = {column: required_rule(column) for column in CONTRACT_COLUMNS}
+    rule = (
+        pl.when(pl.col("check") == "not_nullable")
+        .then(pl.col("column").replace_strict(required, default=None, return_dtype=pl.String))
+        .otherwise(
+            pl.concat_str([pl.col("column"), pl.lit("#"), pl.col("check_number").cast(pl.String)]).replace_strict(
+                names, default=pl.col("check")
+            )
+        )
+    )
+    column_order = {column: i for i, column in enumerate(CONTRACT_COLUMNS)}
+    ids = candidates.select(ROW_ID).with_row_index("index").with_columns(pl.col("index").cast(pl.Int32))
+    return (
+        row_cases.with_columns(
+            rule.alias("rule"),
+            pl.col("column").replace_strict(column_order, default=99).alias("column_order"),
+        )
+        .join(ids, on="index", how="inner")
+        .sort(ROW_ID, "column_order")
+        .select(
+            pl.col(ROW_ID).cast(pl.UInt32),
+            "rule",
+            pl.col("failure_case").cast(pl.String).fill_null("null").alias("detail"),
+        )
+    )
+
+
+def clean_rows(rows: pl.DataFrame, month: dt.date) -> CleanRows:
+    """SPEC section 2 steps 2-4 on rows in read order (``row_id``, ``source_file``, ``source_row``
+    and the contract columns): collapse duplicates, quarantine conflicts, then value-rule breakers."""
+    deduplicated = collapse_duplicates(rows.lazy()).collect()
+    conflicts = conflicting_row_ids(deduplicated.lazy()).collect().with_columns(pl.col(ROW_ID).cast(pl.UInt32))
+    candidates = deduplicated.join(conflicts.select(ROW_ID), on=ROW_ID, how="anti")
+    failures = pl.concat([conflicts, _value_rule_failures(candidates, month)])
+    quarantine = quarantine_table(deduplicated.lazy(), failures=failures.lazy()).collect()
+    valid = candidates.join(failures.select(ROW_ID).unique(), on=ROW_ID, how="anti") if failures.height else candidates
+    return CleanRows(
+        valid_rows=valid.select(list(CONTRACT_COLUMNS)),
+        quarantine=quarantine,
+        presence=presence(deduplicated.lazy()).collect(),
+        rows_read=rows.height,
+        rows_after_duplicates=deduplicated.height,
+        quarantine_by_rule=dict(quarantine.group_by("rule").len().sort("rule").iter_rows()),
+    )
+
+
+def read_month_rows(extracts: Path, month: dt.date) -> pl.DataFrame:
+    """Every row of a month's extract in read order, unbucketed (for tools and tests)."""
+    frames = []
+    for path in extract_files(extracts, month):
+        read = read_extract_file(path, month=month, root=extracts)
+        frames.append(
+            read.rows.with_columns(
+                pl.lit(str(path.relative_to(extracts))).alias(SOURCE_FILE),
+                pl.int_range(pl.len(), dtype=pl.Int64).alias(SOURCE_ROW),
+            )
+        )
+    return pl.concat(frames).with_row_index(ROW_ID)
+
+
+def _bucket_rows(job: BucketJob) -> pl.DataFrame:
+    """This bucket's extract rows in the month's read order (file, then row in file)."""
+    pieces = sorted(job.extract_dir.glob("*.parquet")) if job.extract_dir.is_dir() else []
+    schema = {**CONTRACT_COLUMNS, FILE_INDEX: pl.Int32(), SOURCE_ROW: pl.Int64()}
+    rows = pl.concat([pl.read_parquet(piece) for piece in pieces]) if pieces else pl.DataFrame(schema=schema)
+    names = dict(enumerate(job.source_files))
+    return (
+        rows.sort(FILE_INDEX, SOURCE_ROW)
+        .with_columns(pl.col(FILE_INDEX).replace_strict(names, return_dtype=pl.String).alias(SOURCE_FILE))
+        .drop(FILE_INDEX)
+        .with_row_index(ROW_ID)
+    )
+
+
+def _read_previous(job: BucketJob, table: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    frames = [read_verified(ref.path, ref.sha256, table=table, month=job.month) for ref in job.previous.get(table, ())]
+    frames = [frame for frame in frames if frame.height]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def validate_tables(tables: dict[str, pl.DataFrame], month: dt.date) -> None:
+    """Every output table against its Pandera model; a failure is a bug, reported before publishing."""
+    for name, frame in tables.items():
+        try:
+            TABLE_MODELS[name].validate(frame, lazy=True)
+        except (SchemaErrors, SchemaError) as error:
+            cases = getattr(error, "failure_cases", None)
+            detail = cases.head(3).to_dicts() if isinstance(cases, pl.DataFrame) else str(error)
+            raise PipelineError(
+                f"month {month_label(month)}: output table {name} fails its schema (nothing published): {detail}"
+            ) from error
+
+
+def evaluate_bucket(job: BucketJob) -> BucketResult:
+    """Clean, evaluate, validate and stage one bucket of one month."""
+    seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        seconds[step] = round(seconds.get(step, 0.0) + time.perf_counter() - started, 3)
+
+    with timed("clean_extract"):
+        clean = clean_rows(_bucket_rows(job), job.month)
+    with timed("load_previous_state"):
+        state = _read_previous(job, STATE.name, STATE.schema)
+        memberships = _read_previous(job, MEMBERSHIPS.name, MEMBERSHIPS.schema)
+        previous_presence = _read_previous(job, EXTRACT_PRESENCE.name, EXTRACT_PRESENCE.schema)
+        missing = missing_subscribers(previous_ids=previous_presence.lazy(), current_ids=clean.presence.lazy())
+        missing_count = missing.select(pl.len()).collect().item()
+    with timed("evaluate"):
+        evaluated = evaluate_month(
+            valid_rows=clean.valid_rows.lazy(),
+            state=state.lazy(),
+            memberships=memberships.lazy(),
+            month=job.month,
+            month_end=month_end(job.month),
+            rulebook=job.rulebook,
+        )
+        tier, cards, next_state, next_memberships = pl.collect_all(evaluated.frames())
+        tables = {
+            "tier_assignments": tier,
+            "card_issuance": cards,
+            "quarantine": clean.quarantine,
+            "state": next_state,
+            "memberships": next_memberships,
+            "extract_presence": clean.presence,
+        }
+        summary = tier.group_by("program", "level", "action").agg(pl.len().alias("subscribers")).to_dicts()
+    with timed("validate_outputs"):
+        validate_tables(tables, job.month)
+    with timed("write_parts"):
+        parts = {
+            name: write_part(frame, job.staged_dirs[name] / part_name(job.bucket, job.tag))
+            for name, frame in tables.items()
+        }
+    assert set(parts) == set(PUBLISHED_TABLES)
+    return BucketResult(
+        bucket=job.bucket,
+        rows_read=clean.rows_read,
+        rows_after_duplicates=clean.rows_after_duplicates,
+        quarantined_rows=clean.quarantine.height,
+        quarantine_by_rule=clean.quarantine_by_rule,
+        previous_subscribers=previous_presence.height,
+        missing_subscribers=missing_count,
+        summary=summary,
+        parts=parts,
+        seconds=seconds,
+    )

@@ -1,0 +1,296 @@
+"""The data contract, written once: every column, dtype, enumerated value and name the pipeline shares.
+
+This is the bottom layer. It imports only Polars, so the transforms, the Pandera models
+(:mod:`schemas.outputs`, :mod:`schemas.extract`), the store and the rulebook all derive what they
+need from it: the extract's input columns, the normalized extract, the carried state and
+memberships, every published table with its grain, and the names of actions, card events and
+reasons. Nothing here runs a rule.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import polars as pl
+
+# ----------------------------------------------------------------------------- enumerated values
+
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
+    "customer_type": ("individual", "family", "group"),
+    "service_type": ("mobile", "fixed", "broadband"),
+    "plan_category": (
+        "standard",
+        "data_card",
+        "wo_family",
+        "employee_2g",
+        "sms_card_2g",
+        "high_data_2g",
+        "payphone",
+    ),
+    "payment_type": ("postpaid", "prepaid"),
+    "account_class": ("normal", "public_free", "test"),
+    "brand": ("gotone", "mzone", "easyown"),
+    "status": ("active", "suspended", "cancelled"),
+}
+"""The enumerated extract columns and their exact, case-sensitive values (SPEC section 2)."""
+
+SERVICE_TYPES = ATTRIBUTE_VALUES["service_type"]
+
+TERMINATE, LAPSE, NONE, NEW, UPGRADE, DOWNGRADE, RENEW, RETAIN = (
+    "terminate",
+    "lapse",
+    "none",
+    "new",
+    "upgrade",
+    "downgrade",
+    "renew",
+    "retain",
+)
+ACTIONS = (NONE, NEW, UPGRADE, RENEW, DOWNGRADE, RETAIN, LAPSE, TERMINATE)
+REASONED_ACTIONS = (NEW, UPGRADE, RENEW, DOWNGRADE, LAPSE, TERMINATE)
+"""Actions whose tier row carries a human-readable reason (every level change, and renewals)."""
+
+ISSUE, VOID = "issue", "void"
+CARD_EVENTS = (ISSUE, VOID)
+CARD_REASONS = ("new", "upgrade", "renewal", "replaced", "lapsed", "cancelled")
+
+Retention = Literal["validity", "recompute", "permanent"]
+RETENTIONS: tuple[str, ...] = get_args(Retention)
+
+CONFLICTING_ROWS = "conflicting_rows"
+"""Quarantine rule of every row of a subscriber with two or more different rows in a month."""
+
+# ----------------------------------------------------------------------------- the input extract
+
+STRING, BOOL, DATE, MONEY, INTEGER = "string", "bool", "date", "decimal(12,2)", "integer"
+
+EXTRACT_COLUMNS: dict[str, str] = {
+    "subscriber_id": STRING,
+    "customer_type": STRING,
+    "service_type": STRING,
+    "plan_category": STRING,
+    "payment_type": STRING,
+    "account_class": STRING,
+    "real_name_verified": BOOL,
+    "brand": STRING,
+    "activation_date": DATE,
+    "status": STRING,
+    "billed_amount": MONEY,
+    "paid_amount": MONEY,
+    "suspension_count": INTEGER,
+    "points_balance": INTEGER,
+}
+"""The extract as delivered: column -> the kind of type it must be readable as (SPEC section 2)."""
+
+MONTH_COLUMN = "billing_month"
+"""The hive partition column; in an extract file, if present, it must equal the folder's month."""
+
+MONEY_FEN_COLUMN = {"billed_amount": "billed_fen", "paid_amount": "paid_fen"}
+"""Extract money column (yuan) -> the integer-fen column the engine computes with."""
+FEN_SOURCE_COLUMN = {fen: yuan for yuan, fen in MONEY_FEN_COLUMN.items()}
+
+CONTRACT_COLUMNS: dict[str, pl.DataType] = {
+    "subscriber_id": pl.String(),
+    "customer_type": pl.String(),
+    "service_type": pl.String(),
+    "plan_category": pl.String(),
+    "payment_type": pl.String(),
+    "account_class": pl.String(),
+    "real_name_verified": pl.Boolean(),
+    "brand": pl.String(),
+    "activation_date": pl.Date(),
+    "status": pl.String(),
+    "billed_fen": pl.Int64(),
+    "paid_fen": pl.Int64(),
+    "suspension_count": pl.Int64(),
+    "points_balance": pl.Int64(),
+}
+"""The normalized extract (money in fen). Equality on these columns defines an exact duplicate."""
+
+NULLABLE_EXTRACT_COLUMNS = frozenset({"brand", "points_balance"})
+
+AMOUNT_MIN_FEN = -100_000 * 100
+AMOUNT_MAX_FEN = 1_000_000 * 100
+EARLIEST_ACTIVATION = dt.date(1990, 1, 1)
+
+SOURCE_FILE, SOURCE_ROW, ROW_ID = "source_file", "source_row", "row_id"
+"""Where an input row came from (file, 0-based row in it) and its position in the month's read order."""
+BUCKET = "bucket"
+
+# ----------------------------------------------------------------------------- carried between months
+
+CARRIED_ATTRIBUTES = (
+    "customer_type",
+    "service_type",
+    "plan_category",
+    "payment_type",
+    "account_class",
+    "real_name_verified",
+    "brand",
+    "activation_date",
+    "status",
+    "points_balance",
+)
+"""Attributes kept as last seen while a subscriber is absent."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table: its Polars dtype, whether it may be null, and value checks.
+
+    ``checks`` are data, not code: ``{"isin": [...]}``, ``{"ge": 0}``, ``{"str_length": (1, 32)}``.
+    """
+
+    dtype: pl.DataType
+    nullable: bool = False
+    checks: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A published or carried table: its grain (one sentence), columns and unique key."""
+
+    name: str
+    grain: str
+    columns: dict[str, Column]
+    unique: tuple[str, ...] = ()
+
+    @property
+    def schema(self) -> dict[str, pl.DataType]:
+        return {name: column.dtype for name, column in self.columns.items()}
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=self.schema)
+
+
+_MONEY = pl.Decimal(18, 2)
+_LEVEL = Column(pl.String(), nullable=True)
+_NULL_DATE = Column(pl.Date(), nullable=True)
+_NULL_STRING = Column(pl.String(), nullable=True)
+_SUBSCRIBER = Column(pl.String(), checks={"str_length": (1, 32)})
+
+TIER_ASSIGNMENTS = Table(
+    name="tier_assignments",
+    grain="One row per enabled program per subscriber evaluated in the billing month.",
+    columns={
+        "program": Column(pl.String()),
+        "subscriber_id": _SUBSCRIBER,
+        "evaluated_on": Column(pl.Date()),
+        "qualified_level": _LEVEL,
+        "previous_level": _LEVEL,
+        "level": _LEVEL,
+        "action": Column(pl.String(), checks={"isin": list(ACTIONS)}),
+        "valid_from": _NULL_DATE,
+        "valid_until": _NULL_DATE,
+        "card_id": _NULL_STRING,
+        "reason": _NULL_STRING,
+        "eligible": Column(pl.Boolean()),
+        "present": Column(pl.Boolean()),
+        "months_absent": Column(pl.Int32(), checks={"ge": 0}),
+        "billed_6m": Column(_MONEY),
+        "avg_billed_6m": Column(_MONEY),
+        "month_paid": Column(_MONEY),
+        "cum_paid": Column(_MONEY),
+        "tenure_years": Column(pl.Int32(), checks={"ge": 0}),
+        "suspensions_6m": Column(pl.Int64(), checks={"ge": 0}),
+        "points_balance": Column(pl.Int64(), nullable=True, checks={"ge": 0}),
+        "score": Column(pl.Int64(), nullable=True),
+    },
+    unique=("program", "subscriber_id"),
+)
+
+CARD_ISSUANCE = Table(
+    name="card_issuance",
+    grain="One row per card event (issue or void) at the billing month's evaluation.",
+    columns={
+        "card_id": Column(pl.String()),
+        "program": Column(pl.String()),
+        "subscriber_id": Column(pl.String()),
+        "level": Column(pl.String()),
+        "event": Column(pl.String(), checks={"isin": list(CARD_EVENTS)}),
+        "reason": Column(pl.String(), checks={"isin": list(CARD_REASONS)}),
+        "event_date": Column(pl.Date()),
+        "valid_from": _NULL_DATE,
+        "valid_until": _NULL_DATE,
+    },
+    unique=("card_id", "event"),
+)
+
+QUARANTINE = Table(
+    name="quarantine",
+    grain="One row per rejected input row of the billing month's extract, with the rule it broke.",
+    columns={
+        SOURCE_FILE: Column(pl.String()),
+        SOURCE_ROW: Column(pl.Int64(), checks={"ge": 0}),
+        "rule": Column(pl.String()),
+        "broken_rules": Column(pl.String()),
+        **{
+            name: Column(dtype, nullable=True)
+            for name, dtype in CONTRACT_COLUMNS.items()
+            if name not in FEN_SOURCE_COLUMN
+        },
+        **{yuan: Column(_MONEY, nullable=True) for yuan in MONEY_FEN_COLUMN},
+    },
+    unique=(SOURCE_FILE, SOURCE_ROW),
+)
+
+STATE = Table(
+    name="state",
+    grain="One row per subscriber in the carry-forward state after the billing month's evaluation.",
+    columns={
+        "subscriber_id": Column(pl.String()),
+        "entered_month": Column(pl.Date()),
+        "last_seen_month": Column(pl.Date()),
+        "months_in_state": Column(pl.Int32(), checks={"ge": 1}),
+        "months_absent": Column(pl.Int32(), checks={"ge": 0}),
+        "cum_paid_fen": Column(pl.Int64()),
+        "billed_window_fen": Column(pl.List(pl.Int64())),
+        "suspension_window": Column(pl.List(pl.Int64())),
+        "customer_type": Column(pl.String()),
+        "service_type": Column(pl.String()),
+        "plan_category": Column(pl.String()),
+        "payment_type": Column(pl.String()),
+        "account_class": Column(pl.String()),
+        "real_name_verified": Column(pl.Boolean()),
+        "brand": _NULL_STRING,
+        "activation_date": Column(pl.Date()),
+        "status": Column(pl.String(), checks={"isin": ["active", "suspended"]}),
+        "points_balance": Column(pl.Int64(), nullable=True),
+    },
+    unique=("subscriber_id",),
+)
+
+MEMBERSHIPS = Table(
+    name="memberships",
+    grain="One row per subscriber per program with a level held after the billing month's evaluation.",
+    columns={
+        "subscriber_id": Column(pl.String()),
+        "program": Column(pl.String()),
+        "level": Column(pl.String()),
+        "valid_from": _NULL_DATE,
+        "valid_until": _NULL_DATE,
+        "card_id": _NULL_STRING,
+    },
+    unique=("subscriber_id", "program"),
+)
+
+EXTRACT_PRESENCE = Table(
+    name="extract_presence",
+    grain="One row per subscriber id with any row (valid or quarantined) in the billing month's extract.",
+    columns={"subscriber_id": Column(pl.String())},
+    unique=("subscriber_id",),
+)
+
+PUBLISHED_TABLES: dict[str, Table] = {
+    table.name: table for table in (TIER_ASSIGNMENTS, CARD_ISSUANCE, QUARANTINE, STATE, MEMBERSHIPS, EXTRACT_PRESENCE)
+}
+"""Every table a month publishes, each hive-partitioned by ``billing_month`` and split in bucket parts."""
+
+TABLES = tuple(PUBLISHED_TABLES)
+CARRIED_TABLES = (STATE.name, MEMBERSHIPS.name, EXTRACT_PRESENCE.name)
+"""Tables the next month reads back (by bucket)."""
+
+STATE_SCHEMA = STATE.schema
+MEMBERSHIP_SCHEMA = MEMBERSHIPS.schema

@@ -1,0 +1,119 @@
+"""The Prefect-free month run: buckets never change a row, a state built with another bucket count
+is read back, and a month with no rows is refused. Runs the sample without Prefect."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from billing_tiers.errors import PipelineError
+from billing_tiers.history import store_status
+from billing_tiers.store import Store, extract_months
+from flows.run_month import automatic_buckets, run_month
+from rulebook import load_rulebook
+from schemas.contract import TABLES
+from tests.extract_factory import row, write_extract
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "extracts"
+SAMPLE_MONTHS = extract_months(SAMPLE)
+
+
+def backfill(store: Path, months: list[dt.date], buckets: list[int], extracts: Path = SAMPLE) -> list[dict]:
+    """Run ``months`` in order, month i with ``buckets[i % len(buckets)]`` buckets."""
+    rulebook = load_rulebook()
+    manifests = []
+    build_on = None
+    for index, month in enumerate(months):
+        manifests.append(
+            run_month(
+                store=Store(store),
+                extracts=extracts,
+                month=month,
+                build_on=build_on,
+                rulebook=rulebook,
+                rulebook_path=None,
+                override_guards=False,
+                buckets=buckets[index % len(buckets)],
+            )
+        )
+        build_on = month
+    return manifests
+
+
+def every_table(store: Path) -> dict[str, pl.DataFrame]:
+    return {t: pl.read_parquet(store / t, hive_partitioning=True).sort(pl.all()) for t in TABLES}
+
+
+@pytest.fixture(scope="module")
+def one_bucket(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("k1")
+    backfill(store, SAMPLE_MONTHS, [1])
+    return store
+
+
+def test_the_sample_with_one_or_seven_buckets_gives_identical_rows(one_bucket: Path, tmp_path: Path) -> None:
+    manifests = backfill(tmp_path, SAMPLE_MONTHS, [7])
+    assert {m["buckets"] for m in manifests} == {7}
+    assert all(len(list((tmp_path / t / "billing_month=2026-03").iterdir())) == 7 for t in TABLES)
+    seven, one = every_table(tmp_path), every_table(one_bucket)
+    for table in TABLES:
+        assert seven[table].equals(one[table]), table
+    # the guards and counts are sums over buckets
+    ones = [Store(one_bucket).read_manifest(m) for m in SAMPLE_MONTHS]
+    for mine, theirs in zip(manifests, ones, strict=True):
+        assert theirs is not None
+        for key in ("guards", "summary", "quarantine_by_rule", "rows_read", "duplicates_collapsed"):
+            assert mine[key] == theirs[key], key
+
+
+def test_a_month_built_on_a_state_with_another_bucket_count_is_the_same(one_bucket: Path, tmp_path: Path) -> None:
+    months = SAMPLE_MONTHS[:8]
+    backfill(tmp_path, months, [1, 4, 4, 2, 5])
+    mixed, one = every_table(tmp_path), every_table(one_bucket)
+    last = f"{months[-1]:%Y-%m}"
+    assert all(mixed[t].equals(one[t].filter(pl.col("billing_month") <= last)) for t in TABLES)
+    assert all(s.healthy for s in store_status(Store(tmp_path)))
+
+
+def test_manifest_times_every_step_and_the_total(one_bucket: Path) -> None:
+    manifest = Store(one_bucket).read_manifest(SAMPLE_MONTHS[-1])
+    assert manifest is not None
+    timings = manifest["timings_seconds"]
+    assert {"read_extract", "load_previous_state", "evaluate_buckets", "publish", "total"} <= set(timings)
+    assert timings["total"] >= sum(v for k, v in timings.items() if k != "total") - 0.01
+    assert {"clean_extract", "evaluate", "validate_outputs", "write_parts"} <= set(manifest["bucket_seconds_summed"])
+
+
+def test_a_month_whose_files_hold_no_rows_is_refused_and_leaves_no_staging(tmp_path: Path) -> None:
+    write_extract(tmp_path / "x", "2024-03", [])
+    with pytest.raises(PipelineError, match="month 2024-03: the extract has no rows"):
+        backfill(tmp_path / "s", [dt.date(2024, 3, 1)], [3], extracts=tmp_path / "x")
+    assert Store(tmp_path / "s").pending_publishes() == []
+
+
+def test_a_guard_failure_publishes_nothing_and_leaves_no_staging(tmp_path: Path) -> None:
+    extracts = tmp_path / "x"
+    write_extract(extracts, "2024-01", [row(f"s{i}") for i in range(20)])
+    write_extract(extracts, "2024-02", [row(f"s{i}") for i in range(10)])
+    store = tmp_path / "s"
+    backfill(store, [dt.date(2024, 1, 1)], [2], extracts=extracts)
+    with pytest.raises(PipelineError, match="10 of 20 subscribers of the previous extract have no row"):
+        run_month(
+            store=Store(store),
+            extracts=extracts,
+            month=dt.date(2024, 2, 1),
+            build_on=dt.date(2024, 1, 1),
+            rulebook=load_rulebook(),
+            rulebook_path=None,
+            override_guards=False,
+            buckets=3,
+        )
+    assert Store(store).manifest_months() == [dt.date(2024, 1, 1)]
+    assert Store(store).pending_publishes() == []
+
+
+def test_the_automatic_bucket_count_grows_with_the_extract() -> None:
+    assert [automatic_buckets(n) for n in (1, 1_000_000, 1_000_001, 10_000_000)] == [1, 1, 2, 10]
