@@ -28,15 +28,14 @@ from rulebook import Rulebook
 from schemas.contract import (
     CONTRACT_COLUMNS,
     EXTRACT_PRESENCE,
-    MEMBERSHIPS,
-    PUBLISHED_TABLES,
     ROW_ID,
     SOURCE_FILE,
     SOURCE_ROW,
-    STATE,
+    published_tables,
+    state_table,
 )
 from schemas.extract import extract_rules, required_rule
-from schemas.outputs import TABLE_MODELS
+from schemas.outputs import check_evaluated_subscribers, check_table
 from transforms.evaluate import evaluate_month
 from transforms.extract import collapse_duplicates, conflicting_row_ids, presence, quarantine_table
 from transforms.guards import missing_subscribers
@@ -202,17 +201,30 @@ def _read_previous(job: BucketJob, table: str, schema: dict[str, pl.DataType]) -
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
-def validate_tables(tables: dict[str, pl.DataFrame], month: dt.date) -> None:
-    """Every output table against its Pandera model; a failure is a bug, reported before publishing."""
+def _read_previous_state(job: BucketJob) -> pl.DataFrame:
+    """The bucket's previous state; a state written with another window length keeps its columns
+    (the month's evaluation slides whatever window it finds)."""
+    frames = [
+        read_verified(ref.path, ref.sha256, table="state", month=job.month) for ref in job.previous.get("state", ())
+    ]
+    frames = [frame for frame in frames if frame.height]
+    if frames:
+        return pl.concat(frames)
+    return state_table(job.rulebook.metrics.window_months, tuple(job.rulebook.enabled_programs())).empty()
+
+
+def validate_tables(tables: dict[str, pl.DataFrame], month: dt.date, rulebook: Rulebook) -> None:
+    """Every output table against its contract; a failure is a bug, reported before publishing."""
+    contract = published_tables(rulebook.metrics.window_months, tuple(rulebook.enabled_programs()))
     for name, frame in tables.items():
-        try:
-            TABLE_MODELS[name].validate(frame, lazy=True)
-        except (SchemaErrors, SchemaError) as error:
-            cases = getattr(error, "failure_cases", None)
-            detail = cases.head(3).to_dicts() if isinstance(cases, pl.DataFrame) else str(error)
+        problems = check_table(frame, contract[name])
+        if name == "tier_assignments":
+            problems += check_evaluated_subscribers(frame)
+        if problems:
             raise PipelineError(
-                f"month {month_label(month)}: output table {name} fails its schema (nothing published): {detail}"
-            ) from error
+                f"month {month_label(month)}: output table {name} breaks its contract (nothing published): "
+                + "; ".join(problems[:3])
+            )
 
 
 def evaluate_bucket(job: BucketJob) -> BucketResult:
@@ -228,8 +240,7 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
     with timed("clean_extract"):
         clean = clean_rows(_bucket_rows(job), job.month)
     with timed("load_previous_state"):
-        state = _read_previous(job, STATE.name, STATE.schema)
-        memberships = _read_previous(job, MEMBERSHIPS.name, MEMBERSHIPS.schema)
+        state = _read_previous_state(job)
         previous_presence = _read_previous(job, EXTRACT_PRESENCE.name, EXTRACT_PRESENCE.schema)
         missing = missing_subscribers(previous_ids=previous_presence.lazy(), current_ids=clean.presence.lazy())
         missing_count = missing.select(pl.len()).collect().item()
@@ -237,7 +248,6 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
         evaluated = evaluate_month(
             valid_rows=clean.valid_rows.lazy(),
             state=state.lazy(),
-            memberships=memberships.lazy(),
             month=job.month,
             month_end=month_end(job.month),
             rulebook=job.rulebook,
@@ -253,13 +263,13 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
         }
         summary = tier.group_by("program", "level", "action").agg(pl.len().alias("subscribers")).to_dicts()
     with timed("validate_outputs"):
-        validate_tables(tables, job.month)
+        validate_tables(tables, job.month, job.rulebook)
     with timed("write_parts"):
         parts = {
             name: write_part(frame, job.staged_dirs[name] / part_name(job.bucket, job.tag))
             for name, frame in tables.items()
         }
-    assert set(parts) == set(PUBLISHED_TABLES)
+    assert set(parts) == set(published_tables())
     return BucketResult(
         bucket=job.bucket,
         rows_read=clean.rows_read,

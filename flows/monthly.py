@@ -35,8 +35,17 @@ def task_runner(*, dask_address: str | None = None, dask_workers: int | None = N
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
+        # The local cluster listens on this machine only, its HTTP server included: the scheduler
+        # always serves one (dashboard or not), by default on every interface at :8787, which another
+        # cluster on the machine may hold; a free local port instead.
         return DaskTaskRunner(
-            cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1"}
+            cluster_kwargs={
+                "n_workers": dask_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "host": "127.0.0.1",
+                "dashboard_address": "127.0.0.1:0",
+            }
         )
     return ThreadPoolTaskRunner(max_workers=1)
 

@@ -29,7 +29,7 @@ from billing_tiers.months import month_label
 from billing_tiers.store import Store, extract_files, read_verified, run_tag
 from flows.bucket import BucketJob, BucketResult, PartRef, evaluate_bucket
 from rulebook import Rulebook
-from schemas.contract import CARRIED_TABLES, PUBLISHED_TABLES
+from schemas.contract import CARRIED_TABLES, TABLES
 from transforms.buckets import bucket_numbers
 from transforms.guards import GuardFigures
 
@@ -166,7 +166,7 @@ def run_month(
                 extract_dir=store.scratch_extract_dir(run_id, bucket),
                 source_files=tuple(f.file for f in split),
                 previous=previous[bucket],
-                staged_dirs={table: store.staged_table_dir(run_id, table) for table in PUBLISHED_TABLES},
+                staged_dirs={table: store.staged_table_dir(run_id, table) for table in TABLES},
                 tag=tag,
                 rulebook=rulebook,
             )
@@ -236,7 +236,7 @@ def run_month(
                 "rows": sum(r.parts[table]["rows"] for r in results),
                 "parts": [r.parts[table] for r in results],
             }
-            for table in PUBLISHED_TABLES
+            for table in TABLES
         },
         "timings_seconds": timings,
         "bucket_seconds_summed": {name: round(value, 3) for name, value in sorted(bucket_seconds.items())},

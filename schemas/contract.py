@@ -236,31 +236,70 @@ QUARANTINE = Table(
     unique=(SOURCE_FILE, SOURCE_ROW),
 )
 
-STATE = Table(
-    name="state",
-    grain="One row per subscriber in the carry-forward state after the billing month's evaluation.",
-    columns={
-        "subscriber_id": Column(pl.String()),
-        "entered_month": Column(pl.Date()),
-        "last_seen_month": Column(pl.Date()),
-        "months_in_state": Column(pl.Int32(), checks={"ge": 1}),
-        "months_absent": Column(pl.Int32(), checks={"ge": 0}),
-        "cum_paid_fen": Column(pl.Int64()),
-        "billed_window_fen": Column(pl.List(pl.Int64())),
-        "suspension_window": Column(pl.List(pl.Int64())),
-        "customer_type": Column(pl.String()),
-        "service_type": Column(pl.String()),
-        "plan_category": Column(pl.String()),
-        "payment_type": Column(pl.String()),
-        "account_class": Column(pl.String()),
-        "real_name_verified": Column(pl.Boolean()),
-        "brand": _NULL_STRING,
-        "activation_date": Column(pl.Date()),
-        "status": Column(pl.String(), checks={"isin": ["active", "suspended"]}),
-        "points_balance": Column(pl.Int64(), nullable=True),
-    },
-    unique=("subscriber_id",),
-)
+BILLED_WINDOW, SUSPENSION_WINDOW = "billed_fen", "suspensions"
+"""Prefixes of the state's monthly window columns: ``billed_fen_age0`` is month B, ``_age1`` B-1..."""
+
+
+def window_columns(prefix: str, window_months: int) -> list[str]:
+    """The state's fixed window columns, newest first (fixed columns slide far faster than a List)."""
+    return [f"{prefix}_age{age}" for age in range(window_months)]
+
+
+HELD_COLUMNS: dict[str, pl.DataType] = {
+    "level": pl.String(),
+    "valid_from": pl.Date(),
+    "valid_until": pl.Date(),
+    "card_id": pl.String(),
+}
+"""A membership held: the state carries one set per program as ``<program>__<column>``."""
+
+
+def held_columns(program: str) -> dict[str, str]:
+    """Membership column -> the state column that carries it for ``program``."""
+    return {column: f"{program}__{column}" for column in HELD_COLUMNS}
+
+
+def state_table(window_months: int, programs: tuple[str, ...] = ()) -> Table:
+    """The carried state for a rulebook whose windows are ``window_months`` long and whose enabled
+    programs are ``programs``. The memberships held ride in it, so the next month needs one join."""
+    windows = {
+        name: Column(pl.Int64(), nullable=True, checks=({"ge": 0} if prefix == SUSPENSION_WINDOW else {}))
+        for prefix in (BILLED_WINDOW, SUSPENSION_WINDOW)
+        for name in window_columns(prefix, window_months)
+    }
+    return Table(
+        name="state",
+        grain="One row per subscriber in the carry-forward state after the billing month's evaluation.",
+        columns={
+            "subscriber_id": Column(pl.String()),
+            "entered_month": Column(pl.Date()),
+            "last_seen_month": Column(pl.Date()),
+            "months_in_state": Column(pl.Int32(), checks={"ge": 1}),
+            "months_absent": Column(pl.Int32(), checks={"ge": 0}),
+            "cum_paid_fen": Column(pl.Int64()),
+            **windows,
+            "customer_type": Column(pl.String()),
+            "service_type": Column(pl.String()),
+            "plan_category": Column(pl.String()),
+            "payment_type": Column(pl.String()),
+            "account_class": Column(pl.String()),
+            "real_name_verified": Column(pl.Boolean()),
+            "brand": _NULL_STRING,
+            "activation_date": Column(pl.Date()),
+            "status": Column(pl.String(), checks={"isin": ["active", "suspended"]}),
+            "points_balance": Column(pl.Int64(), nullable=True),
+            **{
+                name: Column(HELD_COLUMNS[column], nullable=True)
+                for program in programs
+                for column, name in held_columns(program).items()
+            },
+        },
+        unique=("subscriber_id",),
+    )
+
+
+DEFAULT_WINDOW_MONTHS = 6
+STATE = state_table(DEFAULT_WINDOW_MONTHS)
 
 MEMBERSHIPS = Table(
     name="memberships",
@@ -283,14 +322,18 @@ EXTRACT_PRESENCE = Table(
     unique=("subscriber_id",),
 )
 
-PUBLISHED_TABLES: dict[str, Table] = {
-    table.name: table for table in (TIER_ASSIGNMENTS, CARD_ISSUANCE, QUARANTINE, STATE, MEMBERSHIPS, EXTRACT_PRESENCE)
-}
-"""Every table a month publishes, each hive-partitioned by ``billing_month`` and split in bucket parts."""
+
+def published_tables(window_months: int = DEFAULT_WINDOW_MONTHS, programs: tuple[str, ...] = ()) -> dict[str, Table]:
+    """Every table a month publishes, each hive-partitioned by ``billing_month`` and split in bucket parts."""
+    state = state_table(window_months, programs)
+    tables = (TIER_ASSIGNMENTS, CARD_ISSUANCE, QUARANTINE, state, MEMBERSHIPS, EXTRACT_PRESENCE)
+    return {table.name: table for table in tables}
+
+
+PUBLISHED_TABLES = published_tables()
 
 TABLES = tuple(PUBLISHED_TABLES)
-CARRIED_TABLES = (STATE.name, MEMBERSHIPS.name, EXTRACT_PRESENCE.name)
-"""Tables the next month reads back (by bucket)."""
+CARRIED_TABLES = (STATE.name, EXTRACT_PRESENCE.name)
+"""Tables the next month reads back (by bucket); ``memberships`` is published for readers only."""
 
-STATE_SCHEMA = STATE.schema
 MEMBERSHIP_SCHEMA = MEMBERSHIPS.schema

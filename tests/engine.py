@@ -11,7 +11,6 @@ import polars as pl
 from billing_tiers.months import add_months, month_end, parse_month
 from rulebook import Rulebook, load_rulebook
 from schemas.contract import CONTRACT_COLUMNS
-from transforms.carry_forward import empty_memberships
 from transforms.evaluate import evaluate_month
 from transforms.metrics import empty_state
 
@@ -32,8 +31,8 @@ class Engine:
     """Carries state between months like the flow does, keeping every month's tables."""
 
     rulebook: Rulebook = field(default_factory=load_rulebook)
-    state: pl.DataFrame = field(default_factory=lambda: empty_state().collect())
-    memberships: pl.DataFrame = field(default_factory=lambda: empty_memberships().collect())
+    state: pl.DataFrame = field(default_factory=lambda: empty_state(6).collect())
+    memberships: pl.DataFrame = field(default_factory=pl.DataFrame)
     tiers: dict[str, pl.DataFrame] = field(default_factory=dict)
     cards: dict[str, pl.DataFrame] = field(default_factory=dict)
 
@@ -42,7 +41,6 @@ class Engine:
         tables = evaluate_month(
             valid_rows=to_valid_rows(rows),
             state=self.state.lazy(),
-            memberships=self.memberships.lazy(),
             month=start,
             month_end=month_end(start),
             rulebook=self.rulebook,

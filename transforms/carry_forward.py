@@ -17,7 +17,6 @@ from rulebook import Calendar
 from schemas.contract import (
     DOWNGRADE,
     LAPSE,
-    MEMBERSHIP_SCHEMA,
     NEW,
     NONE,
     REASONED_ACTIONS,
@@ -27,10 +26,6 @@ from schemas.contract import (
     UPGRADE,
     Retention,
 )
-
-
-def empty_memberships() -> pl.LazyFrame:
-    return pl.LazyFrame(schema=MEMBERSHIP_SCHEMA)
 
 
 def _level_index(levels: list[str], column: str) -> pl.Expr:
@@ -280,12 +275,14 @@ def decide(
     calendar: Calendar,
     forget_after_months: int,
     explanations: dict[str, pl.Expr],
+    order_column: str,
 ) -> pl.LazyFrame:
     """Apply the state machine to one program's frame (subscribers with ``qualified_idx`` and the
     previous membership columns ``previous_level, previous_valid_from, previous_valid_until,
     previous_card_id``). Adds ``action, level, valid_from, valid_until, card_id, reason`` and
     the card event columns ``issue_reason, void_reason``. ``explanations`` are the program's
-    ``explain_<i>`` and ``ineligible_reason`` expressions, evaluated only where a reason is written."""
+    ``explain_<i>`` and ``ineligible_reason`` expressions, evaluated only where a reason is written;
+    ``order_column`` numbers the rows uniquely, to join the reasons back without reordering."""
     t = _terms(month, calendar)
     valid_from, valid_until = validity_exprs(t, retention, calendar)
     issue_reason, void_reason, card_id = card_exprs(t, card_levels, card_prefix)
@@ -302,13 +299,10 @@ def decide(
         .with_columns(issue_reason.alias("issue_reason"), void_reason.alias("void_reason"))
         .with_columns(card_id.alias("card_id"), pl.lit(program_name).alias("program"))
     )
-    needs_reason = pl.col("action").is_in(REASONED_ACTIONS)
-    reason = reason_expr(t, retention, len(levels), forget_after_months)
-    with_reason = (
-        decided.filter(needs_reason)
+    # Reason texts are costly strings: build them only for the rows whose action needs one.
+    reasons = (
+        decided.filter(pl.col("action").is_in(REASONED_ACTIONS))
         .with_columns(**explanations)
-        .with_columns(reason.alias("reason"))
-        .drop(list(explanations))
+        .select(order_column, reason_expr(t, retention, len(levels), forget_after_months).alias("reason"))
     )
-    without_reason = decided.filter(~needs_reason).with_columns(pl.lit(None, dtype=pl.String).alias("reason"))
-    return pl.concat([with_reason, without_reason], how="vertical")
+    return decided.join(reasons, on=order_column, how="left", maintain_order="left")

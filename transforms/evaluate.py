@@ -11,10 +11,18 @@ from dataclasses import dataclass
 import polars as pl
 
 from rulebook import AnyProgram, Rulebook
-from schemas.contract import CARD_ISSUANCE, ISSUE, MEMBERSHIP_SCHEMA, STATE_SCHEMA, TIER_ASSIGNMENTS, VOID
+from schemas.contract import (
+    CARD_ISSUANCE,
+    HELD_COLUMNS,
+    ISSUE,
+    MEMBERSHIP_SCHEMA,
+    TIER_ASSIGNMENTS,
+    VOID,
+    held_columns,
+    state_table,
+)
 from transforms.carry_forward import decide
 from transforms.metrics import carry_subscribers
-from transforms.money import fen_to_yuan
 from transforms.qualification import explanations, qualify
 
 ORDER = "_order"
@@ -37,21 +45,16 @@ class MonthTables:
 
 def _program_rows(
     subscribers: pl.LazyFrame,
-    memberships: pl.LazyFrame,
     *,
     name: str,
     program: AnyProgram,
     rulebook: Rulebook,
     month: dt.date,
 ) -> pl.LazyFrame:
-    held = memberships.filter(pl.col("program") == name).select(
-        "subscriber_id",
-        pl.col("level").alias("previous_level"),
-        pl.col("valid_from").alias("previous_valid_from"),
-        pl.col("valid_until").alias("previous_valid_until"),
-        pl.col("card_id").alias("previous_card_id"),
+    """One program's decided rows, one per subscriber in the subscribers' order."""
+    frame = qualify(subscribers, program=program).with_columns(
+        pl.col(carried).alias(f"previous_{column}") for column, carried in held_columns(name).items()
     )
-    frame = qualify(subscribers, program=program).join(held, on="subscriber_id", how="left")
     return decide(
         frame,
         program_name=name,
@@ -63,21 +66,16 @@ def _program_rows(
         calendar=rulebook.calendar,
         forget_after_months=rulebook.metrics.forget_after_months,
         explanations=explanations(program),
+        order_column=ORDER,
     )
 
 
 def _tier_row(frame: pl.LazyFrame) -> pl.LazyFrame:
-    return frame.with_columns(
-        fen_to_yuan(pl.col("billed_6m_fen")).alias("billed_6m"),
-        fen_to_yuan(pl.col("avg_billed_6m_fen")).alias("avg_billed_6m"),
-        fen_to_yuan(pl.col("paid_fen")).alias("month_paid"),
-        fen_to_yuan(pl.col("cum_paid_fen")).alias("cum_paid"),
-        pl.col("suspensions_6m").cast(pl.Int64),
-    ).select(list(TIER_ASSIGNMENTS.columns))
+    return frame.with_columns(pl.col("suspensions_6m").cast(pl.Int64)).select(list(TIER_ASSIGNMENTS.columns))
 
 
 def _card_events(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """Void and issue events, each keeping ``program_order`` for the caller's sort."""
+    """Void and issue events, each keeping ``program_order`` and the subscriber order for the caller's sort."""
     voids = frame.filter(pl.col("void_reason").is_not_null()).select(
         pl.col("previous_card_id").alias("card_id"),
         "program",
@@ -111,72 +109,78 @@ def evaluate_month(
     *,
     valid_rows: pl.LazyFrame,
     state: pl.LazyFrame,
-    memberships: pl.LazyFrame,
     month: dt.date,
     month_end: dt.date,
     rulebook: Rulebook,
 ) -> MonthTables:
-    """Evaluate billing month ``month`` for every enabled program of ``rulebook``, all lazily.
+    """Evaluate billing month ``month`` for every enabled program of ``rulebook``.
 
-    The subscriber frame and the decided rows are each read by several outputs; they are cached
-    so that collecting the four tables together (``pl.collect_all(tables.frames())``) computes
-    them once."""
+    The state carries each program's membership held, so the month needs one join (state with the
+    month's rows). Each program's decided rows keep the subscribers' order, so the new memberships
+    go back into the state side by side and every table comes out ordered with no sort of strings.
+    The subscriber frame and the decided rows are read by several outputs, so they are materialized
+    once here; the four returned tables are cheap selections of them."""
+    programs = rulebook.enabled_programs()
+    names = tuple(programs)
+    state = _with_every_program(state, names)
     subscribers = month_subscribers(
         valid_rows=valid_rows, state=state, month=month, month_end=month_end, rulebook=rulebook
-    ).cache()
-    decided = decide_programs(subscribers=subscribers, memberships=memberships, month=month, rulebook=rulebook)
-    return month_tables(decided=decided.cache(), subscribers=subscribers, rulebook=rulebook)
+    ).collect()
+    decided = pl.collect_all(
+        [
+            _program_rows(subscribers.lazy(), name=name, program=program, rulebook=rulebook, month=month)
+            .select(*TIER_SOURCE_COLUMNS)
+            .with_columns(pl.lit(index, dtype=pl.Int32).alias("program_order"))
+            for index, (name, program) in enumerate(programs.items())
+        ]
+    )
+    held_after = [
+        frame.get_column(column).alias(carried)
+        for name, frame in zip(names, decided, strict=True)
+        for column, carried in held_columns(name).items()
+    ]
+    state_columns = list(state_table(rulebook.metrics.window_months, names).columns)
+    next_state = subscribers.with_columns(held_after).filter(~pl.col("leaves")).select(state_columns)
+    every_program = pl.concat(decided, how="vertical").lazy()
+    event_order = pl.col("event").replace_strict({VOID: 0, ISSUE: 1}, return_dtype=pl.Int32)
+    return MonthTables(
+        tier_assignments=_tier_row(every_program),
+        card_issuance=_card_events(every_program)
+        .sort("program_order", ORDER, event_order)
+        .select(list(CARD_ISSUANCE.columns)),
+        state=next_state.lazy(),
+        memberships=every_program.filter(~pl.col("leaves") & pl.col("level").is_not_null()).select(
+            list(MEMBERSHIP_SCHEMA)
+        ),
+    )
+
+
+def _with_every_program(state: pl.LazyFrame, programs: tuple[str, ...]) -> pl.LazyFrame:
+    """A state written before a program was enabled has no columns for it: nobody holds it yet."""
+    present = set(state.collect_schema().names())
+    missing = [
+        pl.lit(None, dtype=HELD_COLUMNS[column]).alias(carried)
+        for program in programs
+        for column, carried in held_columns(program).items()
+        if carried not in present
+    ]
+    return state.with_columns(missing) if missing else state
 
 
 def month_subscribers(
     *, valid_rows: pl.LazyFrame, state: pl.LazyFrame, month: dt.date, month_end: dt.date, rulebook: Rulebook
 ) -> pl.LazyFrame:
-    """Every subscriber evaluated in the month with its metrics (the rulebook's windows), in
-    subscriber-id order, numbered by :data:`ORDER`."""
-    return (
-        carry_subscribers(
-            state=state,
-            valid_rows=valid_rows,
-            month=month,
-            month_end=month_end,
-            window_months=rulebook.metrics.window_months,
-            forget_after_months=rulebook.metrics.forget_after_months,
-            average_divisor=rulebook.metrics.average_divisor,
-        )
-        .sort("subscriber_id")
-        .with_row_index(ORDER)
-    )
-
-
-def decide_programs(
-    *, subscribers: pl.LazyFrame, memberships: pl.LazyFrame, month: dt.date, rulebook: Rulebook
-) -> pl.LazyFrame:
-    """One decided row per enabled program per subscriber: action, level, validity, card, reason."""
-    return pl.concat(
-        [
-            _program_rows(subscribers, memberships, name=name, program=program, rulebook=rulebook, month=month)
-            .select(*TIER_SOURCE_COLUMNS)
-            .with_columns(pl.lit(index, dtype=pl.Int32).alias("program_order"))
-            for index, (name, program) in enumerate(rulebook.enabled_programs().items())
-        ],
-        how="vertical",
-    )
-
-
-def month_tables(*, decided: pl.LazyFrame, subscribers: pl.LazyFrame, rulebook: Rulebook) -> MonthTables:
-    """The month's output tables from the decided rows, in program (rulebook) then subscriber order."""
-    tier = _tier_row(decided.sort("program_order", ORDER))
-    event_order = pl.col("event").replace_strict({VOID: 0, ISSUE: 1}, return_dtype=pl.Int32)
-    cards = _card_events(decided).sort("program_order", ORDER, event_order).select(list(CARD_ISSUANCE.columns))
-    staying = decided.filter(~pl.col("leaves") & pl.col("level").is_not_null())
-    next_memberships = staying.sort("program_order", ORDER).select(list(MEMBERSHIP_SCHEMA))
-    next_state = subscribers.filter(~pl.col("leaves")).sort(ORDER).select(list(STATE_SCHEMA))
-    return MonthTables(
-        tier_assignments=tier,
-        card_issuance=cards,
-        state=next_state,
-        memberships=next_memberships,
-    )
+    """Every subscriber evaluated in the month with its metrics (the rulebook's windows), numbered
+    by :data:`ORDER` in their deterministic order (previous state order, then new subscribers)."""
+    return carry_subscribers(
+        state=state,
+        valid_rows=valid_rows,
+        month=month,
+        month_end=month_end,
+        window_months=rulebook.metrics.window_months,
+        forget_after_months=rulebook.metrics.forget_after_months,
+        average_divisor=rulebook.metrics.average_divisor,
+    ).with_row_index(ORDER)
 
 
 TIER_SOURCE_COLUMNS = (
@@ -195,10 +199,10 @@ TIER_SOURCE_COLUMNS = (
     "eligible",
     "present",
     "months_absent",
-    "billed_6m_fen",
-    "avg_billed_6m_fen",
-    "paid_fen",
-    "cum_paid_fen",
+    "billed_6m",
+    "avg_billed_6m",
+    "month_paid",
+    "cum_paid",
     "tenure_years",
     "suspensions_6m",
     "points_balance",

@@ -11,18 +11,25 @@ import datetime as dt
 
 import polars as pl
 
+from schemas.contract import BILLED_WINDOW, SUSPENSION_WINDOW, state_table, window_columns
 from schemas.contract import CARRIED_ATTRIBUTES as ATTRIBUTES
-from schemas.contract import STATE_SCHEMA
+from transforms.money import fen_to_yuan
 
 
-def empty_state() -> pl.LazyFrame:
+def empty_state(window_months: int, programs: tuple[str, ...] = ()) -> pl.LazyFrame:
     """The state before a store's first month."""
-    return pl.LazyFrame(schema=STATE_SCHEMA)
+    return pl.LazyFrame(schema=state_table(window_months, programs).schema)
 
 
-def _slide(previous: pl.Expr, current: pl.Expr, *, window_months: int) -> pl.Expr:
-    kept = previous.fill_null(pl.lit([], dtype=pl.List(pl.Int64))).list.tail(window_months - 1)
-    return pl.concat_list([kept, current.cast(pl.Int64)])
+def _slide(prefix: str, current: pl.Expr, *, window_months: int, previous: set[str]) -> list[pl.Expr]:
+    """The window after this month: age 0 is this month, age i was age i-1. A state written with a
+    shorter window lacks the older ages (they count 0); a longer one's extra ages are dropped."""
+    names = window_columns(prefix, window_months)
+    slid = [current.cast(pl.Int64).alias(names[0])]
+    for age in range(1, window_months):
+        older = names[age - 1]
+        slid.append((pl.col(older) if older in previous else pl.lit(None, dtype=pl.Int64)).alias(names[age]))
+    return slid
 
 
 def whole_years(start: pl.Expr, end: dt.date) -> pl.Expr:
@@ -49,10 +56,12 @@ def carry_subscribers(
 ) -> pl.LazyFrame:
     """Every subscriber evaluated in ``month``: the previous state joined with the month's valid rows.
 
-    Returns the carried columns of :data:`STATE_SCHEMA` updated for the month, plus this month's
-    ``present, billed_fen, paid_fen, billed_6m_fen, suspensions_6m, avg_divisor, tenure_years,
-    cancelled, forgotten, leaves``.
+    Returns the state columns updated for the month, plus this month's ``present, billed_fen,
+    paid_fen, billed_6m_fen, suspensions_6m, avg_divisor, avg_billed_6m_fen, tenure_years,
+    cancelled, forgotten, leaves`` and the yuan amounts the tier rows show. Rows come in a
+    deterministic order: the previous state's order, then subscribers new to it in extract order.
     """
+    previous = set(state.collect_schema().names())
     current = valid_rows.select(
         "subscriber_id",
         *[pl.col(a).alias(f"{a}__now") for a in ATTRIBUTES],
@@ -61,7 +70,7 @@ def carry_subscribers(
         pl.col("suspension_count"),
         pl.lit(True).alias("present"),
     )
-    joined = state.join(current, on="subscriber_id", how="full", coalesce=True)
+    joined = state.join(current, on="subscriber_id", how="full", coalesce=True, maintain_order="left_right")
     present = pl.col("present").fill_null(False)
     is_new = pl.col("months_in_state").is_null()
     carried = joined.with_columns(
@@ -79,11 +88,12 @@ def carry_subscribers(
         .cast(pl.Int32)
         .alias("months_absent"),
         (pl.col("cum_paid_fen").fill_null(0) + pl.col("paid_fen").fill_null(0)).alias("cum_paid_fen"),
-        _slide(pl.col("billed_window_fen"), pl.col("billed_fen").fill_null(0), window_months=window_months).alias(
-            "billed_window_fen"
-        ),
-        _slide(pl.col("suspension_window"), pl.col("suspension_count").fill_null(0), window_months=window_months).alias(
-            "suspension_window"
+        *_slide(BILLED_WINDOW, pl.col("billed_fen").fill_null(0), window_months=window_months, previous=previous),
+        *_slide(
+            SUSPENSION_WINDOW,
+            pl.col("suspension_count").fill_null(0),
+            window_months=window_months,
+            previous=previous,
         ),
     ).drop([f"{a}__now" for a in ATTRIBUTES], "suspension_count")
     divisor = (
@@ -93,15 +103,25 @@ def carry_subscribers(
     )
     cancelled = present & (pl.col("status") == "cancelled")
     forgotten = pl.col("months_absent") >= forget_after_months
-    return carried.with_columns(
-        pl.col("billed_window_fen").list.sum().alias("billed_6m_fen"),
-        pl.col("suspension_window").list.sum().alias("suspensions_6m"),
-        divisor.cast(pl.Int64).alias("avg_divisor"),
-        whole_years(pl.col("activation_date"), month_end).alias("tenure_years"),
-        cancelled.alias("cancelled"),
-        forgotten.alias("forgotten"),
-        (cancelled | forgotten).alias("leaves"),
-    ).with_columns(
-        # Floor division keeps the shown average at or below the exact one (149.996 -> 149.99).
-        (pl.col("billed_6m_fen") // pl.col("avg_divisor")).alias("avg_billed_6m_fen"),
+    return (
+        carried.with_columns(
+            pl.sum_horizontal(window_columns(BILLED_WINDOW, window_months)).alias("billed_6m_fen"),
+            pl.sum_horizontal(window_columns(SUSPENSION_WINDOW, window_months)).alias("suspensions_6m"),
+            divisor.cast(pl.Int64).alias("avg_divisor"),
+            whole_years(pl.col("activation_date"), month_end).alias("tenure_years"),
+            cancelled.alias("cancelled"),
+            forgotten.alias("forgotten"),
+            (cancelled | forgotten).alias("leaves"),
+        )
+        .with_columns(
+            # Floor division keeps the shown average at or below the exact one (149.996 -> 149.99).
+            (pl.col("billed_6m_fen") // pl.col("avg_divisor")).alias("avg_billed_6m_fen"),
+        )
+        .with_columns(
+            # Once per subscriber, not once per program row.
+            fen_to_yuan(pl.col("billed_6m_fen")).alias("billed_6m"),
+            fen_to_yuan(pl.col("avg_billed_6m_fen")).alias("avg_billed_6m"),
+            fen_to_yuan(pl.col("paid_fen")).alias("month_paid"),
+            fen_to_yuan(pl.col("cum_paid_fen")).alias("cum_paid"),
+        )
     )

@@ -149,12 +149,8 @@ def test_upgrade_during_validity_restarts_the_window() -> None:
 def test_lapse_when_validity_ended_before_the_evaluation_needs_a_hand_made_state() -> None:
     engine = Engine()
     engine.run("2024-01", [row("h", "900.00")])
-    engine.memberships = engine.memberships.with_columns(
-        pl.when(pl.col("program") == VIP)
-        .then(pl.lit(dt.date(2024, 2, 8)))
-        .otherwise(pl.col("valid_until"))
-        .alias("valid_until")
-    )
+    # the state carries each program's membership; end the VIP validity before the next evaluation
+    engine.state = engine.state.with_columns(pl.lit(dt.date(2024, 2, 8)).alias(f"{VIP}__valid_until"))
     engine.run("2024-02", [row("h", "900.00")])  # E = 2024-03-05 > U = 2024-02-08
     r = engine.row("2024-02", "h", VIP)
     assert (r["action"], r["level"], r["qualified_level"]) == ("lapse", None, "gold")
