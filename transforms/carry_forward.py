@@ -47,16 +47,20 @@ def _pick(index: pl.Expr, count: int) -> pl.Expr:
 
 
 def evaluation_dates(*, month: dt.date, calendar: Calendar) -> dict[str, pl.Expr]:
-    """E and the validity bounds a membership starting at E would get, as Polars date expressions."""
+    """E and the validity bounds a membership starting at E would get, as date literals.
+
+    They are computed once with Polars' date offsets and handed to the row expressions as plain
+    literals (an offset of a literal inside when/then broke Polars 2.1's in-memory engine)."""
     first_of_next = pl.lit(month).dt.offset_by("1mo")
-    evaluated_on = first_of_next.dt.offset_by(f"{calendar.evaluation_day - 1}d")
-    new_until = first_of_next.dt.offset_by(f"{calendar.validity_months}mo").dt.offset_by(f"{calendar.expiry_day - 1}d")
-    return {
-        "evaluated_on": evaluated_on,
-        "new_until": new_until,
-        "renewal_from": first_of_next.dt.offset_by("1mo"),
-        "month_of_e": first_of_next,
-    }
+    dates = pl.select(
+        evaluated_on=first_of_next.dt.offset_by(f"{calendar.evaluation_day - 1}d"),
+        new_until=first_of_next.dt.offset_by(f"{calendar.validity_months}mo").dt.offset_by(
+            f"{calendar.expiry_day - 1}d"
+        ),
+        renewal_from=first_of_next.dt.offset_by("1mo"),
+        month_of_e=first_of_next,
+    ).row(0, named=True)
+    return {name: pl.lit(value, dtype=pl.Date) for name, value in dates.items()}
 
 
 @dataclass(frozen=True)

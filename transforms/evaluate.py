@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Final
 
 import polars as pl
 
@@ -24,6 +25,10 @@ from schemas.contract import (
 from transforms.carry_forward import decide
 from transforms.metrics import carry_subscribers
 from transforms.qualification import explanations, qualify
+
+ENGINE: Final = "in-memory"
+"""Polars 2 collects with its streaming engine by default; on these wide, join-then-compute plans
+the in-memory engine measured 1.5 to 2 times faster (a bucket fits in memory by design)."""
 
 ORDER = "_order"
 """A subscriber's position in the month's subscriber-id order: outputs sort on this integer
@@ -125,14 +130,15 @@ def evaluate_month(
     state = _with_every_program(state, names)
     subscribers = month_subscribers(
         valid_rows=valid_rows, state=state, month=month, month_end=month_end, rulebook=rulebook
-    ).collect()
+    ).collect(engine=ENGINE)
     decided = pl.collect_all(
         [
             _program_rows(subscribers.lazy(), name=name, program=program, rulebook=rulebook, month=month)
             .select(*TIER_SOURCE_COLUMNS)
             .with_columns(pl.lit(index, dtype=pl.Int32).alias("program_order"))
             for index, (name, program) in enumerate(programs.items())
-        ]
+        ],
+        engine=ENGINE,
     )
     held_after = [
         frame.get_column(column).alias(carried)
