@@ -5,11 +5,12 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STORE ?= data/store
+BENCH_ARGS ?= --subscribers 2000000 --months 7
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install sample test lint benchmark clean
+.PHONY: install sample test lint bench benchmark clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +31,12 @@ lint: install
 test: lint
 	$(BIN)/pytest -q
 
-benchmark: install
-	$(BIN)/python scripts/benchmark.py
+# One month's `billing-tiers run` against a DuckDB peer on synthetic extracts (options: scripts/benchmark.py --help),
+# e.g. make bench BENCH_ARGS="--subscribers 200000 --months 7 --json bench.json"
+bench: install
+	$(BIN)/python scripts/benchmark.py $(BENCH_ARGS)
+
+benchmark: bench
 
 clean:
 	rm -rf $(STORE)
