@@ -81,3 +81,54 @@ def test_staging_lives_outside_every_table_folder(tmp_path: Path) -> None:
     for table in TABLES:
         assert not store.table_dir(table).exists()
     assert store_status(store) == []
+
+
+def parted(version: int, parts: int) -> dict[str, list[pl.DataFrame]]:
+    return {t: [pl.DataFrame({"subscriber_id": [f"{t}-{version}-{b}"]}) for b in range(parts)] for t in TABLES}
+
+
+def publish_parts(
+    store: Store, run_id: str, frames: dict[str, list[pl.DataFrame]], *, fail_at: str | None = None
+) -> None:
+    """Stage several bucket parts per table, as a run does, then commit."""
+    from billing_tiers.store import part_name, run_tag, write_part
+
+    entries = {}
+    for table, parts in frames.items():
+        written = [
+            write_part(frame, store.staged_table_dir(run_id, table) / part_name(bucket, run_tag(run_id)))
+            for bucket, frame in enumerate(parts)
+        ]
+        entries[table] = {"rows": len(parts), "parts": written}
+    store.commit(MONTH, run_id, {**manifest(run_id), "tables": entries}, fail_at=fail_at)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_table_month_of_several_parts_is_never_seen_mixed(tmp_path: Path, step: str) -> None:
+    store = Store(tmp_path)
+    publish_parts(store, "run-1", parted(1, 3))
+    with pytest.raises(InjectedFault):
+        publish_parts(store, "run-2", parted(2, 4), fail_at=step)
+    for table in TABLES:  # a reader listing the folder sees one run's parts, all of them
+        seen = sorted(pl.read_parquet(store.month_dir(table, MONTH))["subscriber_id"].to_list())
+        assert seen in ([f"{table}-1-{b}" for b in range(3)], [f"{table}-2-{b}" for b in range(4)]), seen
+    store.recover()
+    committed = STEPS.index(step) > STEPS.index("before_journal")
+    expected = 4 if committed else 3
+    assert all(len(list(store.month_dir(t, MONTH).iterdir())) == expected for t in TABLES)
+    assert [s.problem for s in store_status(store)] == [None]
+    assert len(store.read_table("tier_assignments", MONTH)) == expected
+
+
+def test_a_swap_exchanges_whole_folders(tmp_path: Path) -> None:
+    from billing_tiers.store import swap_in
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "b.parquet").write_text("new")
+    swap_in(tmp_path / "new", tmp_path / "final")  # nothing published yet: a plain rename
+    assert [p.name for p in (tmp_path / "final").iterdir()] == ["b.parquet"]
+    (tmp_path / "newer").mkdir()
+    (tmp_path / "newer" / "c.parquet").write_text("newer")
+    swap_in(tmp_path / "newer", tmp_path / "final")
+    assert [p.name for p in (tmp_path / "final").iterdir()] == ["c.parquet"]
+    assert [p.name for p in (tmp_path / "newer").iterdir()] == ["b.parquet"]  # the old folder, to remove

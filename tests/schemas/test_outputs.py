@@ -1,0 +1,103 @@
+"""The output contract check: every value rule of schemas/contract.py is enforced, one pass per bucket."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import polars as pl
+import pytest
+
+from schemas.contract import CARD_ISSUANCE, TIER_ASSIGNMENTS, published_tables
+from schemas.outputs import TABLE_MODELS, check_evaluated_subscribers, check_table
+
+
+def tier_row(**overrides: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "program": "unicom_vip",
+        "subscriber_id": "s1",
+        "evaluated_on": dt.date(2024, 2, 5),
+        "qualified_level": "silver",
+        "previous_level": None,
+        "level": "silver",
+        "action": "new",
+        "valid_from": dt.date(2024, 2, 5),
+        "valid_until": dt.date(2025, 2, 8),
+        "card_id": "VIP-20240205-s1",
+        "reason": "avg_billed_6m 150.00 >= 150.00 (silver, mobile)",
+        "eligible": True,
+        "present": True,
+        "months_absent": 0,
+        "billed_6m": Decimal("900.00"),
+        "avg_billed_6m": Decimal("150.00"),
+        "month_paid": Decimal("150.00"),
+        "cum_paid": Decimal("900.00"),
+        "tenure_years": 3,
+        "suspensions_6m": 0,
+        "points_balance": 10,
+        "score": None,
+    }
+    return {**row, **overrides}
+
+
+def tiers(*rows: dict[str, object]) -> pl.DataFrame:
+    return pl.DataFrame(list(rows), schema=TIER_ASSIGNMENTS.schema)
+
+
+def test_a_good_table_has_no_problem_and_passes_the_full_pandera_model_too() -> None:
+    frame = tiers(tier_row(), tier_row(subscriber_id="s2", card_id="VIP-20240205-s2"))
+    assert check_table(frame, TIER_ASSIGNMENTS) == []
+    TABLE_MODELS["tier_assignments"].validate(frame)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "rule"),
+    [
+        ({"action": "promote"}, "action: isin"),
+        ({"program": None}, "program: null"),
+        ({"subscriber_id": ""}, "subscriber_id: str_length"),
+        ({"subscriber_id": "x" * 33}, "subscriber_id: str_length"),
+        ({"months_absent": -1}, "months_absent: ge 0"),
+        ({"points_balance": -5}, "points_balance: ge 0"),
+        ({"level": None, "card_id": None}, "validity_only_with_a_level"),
+    ],
+)
+def test_each_broken_value_rule_is_named(overrides: dict[str, object], rule: str) -> None:
+    problems = check_table(tiers(tier_row(**overrides)), TIER_ASSIGNMENTS)
+    assert any(problem.startswith(rule) for problem in problems), problems
+
+
+def test_a_wrong_column_set_or_dtype_is_a_schema_problem() -> None:
+    frame = tiers(tier_row())
+    assert check_table(frame.drop("reason"), TIER_ASSIGNMENTS)
+    assert check_table(frame.with_columns(pl.col("months_absent").cast(pl.Int64)), TIER_ASSIGNMENTS)
+    assert check_table(frame.with_columns(pl.lit(1).alias("extra")), TIER_ASSIGNMENTS)
+
+
+def test_a_repeated_key_is_found_in_tables_not_unique_by_construction() -> None:
+    event = {
+        "card_id": "VIP-20240205-s1",
+        "program": "unicom_vip",
+        "subscriber_id": "s1",
+        "level": "silver",
+        "event": "issue",
+        "reason": "new",
+        "event_date": dt.date(2024, 2, 5),
+        "valid_from": dt.date(2024, 2, 5),
+        "valid_until": dt.date(2025, 2, 8),
+    }
+    cards = pl.DataFrame([event, event], schema=CARD_ISSUANCE.schema)
+    assert check_table(cards, CARD_ISSUANCE) == ["card_id, event not unique: 2 rows"]
+
+
+def test_evaluated_subscribers_must_be_distinct_and_the_same_in_every_program() -> None:
+    assert check_evaluated_subscribers(tiers(tier_row(), tier_row(program="unicom_star"))) == []
+    assert check_evaluated_subscribers(tiers(tier_row(), tier_row())) == ["subscriber_id repeated within a program"]
+    assert check_evaluated_subscribers(tiers(tier_row(), tier_row(subscriber_id="s2"), tier_row(program="x")))
+
+
+def test_the_state_contract_follows_the_window_and_the_programs() -> None:
+    state = published_tables(3, ("unicom_vip",))["state"]
+    assert [c for c in state.columns if c.startswith("billed_fen_age")] == [f"billed_fen_age{i}" for i in range(3)]
+    assert "unicom_vip__card_id" in state.columns
+    assert "unicom_star__level" not in state.columns
