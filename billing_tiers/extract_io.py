@@ -9,10 +9,12 @@ converted to integer fen here, exactly; row-level value rules are left to the Pa
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -90,12 +92,30 @@ def _money_to_fen(column: pa.ChunkedArray, where: str, name: str) -> pa.ChunkedA
             return pc.multiply_checked(as_int, pa.scalar(100, pa.int64()))
         except pa.ArrowInvalid as exc:
             raise PipelineError(f"{where}: {name} holds a value too large for an amount") from exc
+    if pa.types.is_decimal128(column.type) and column.type.scale == 2:
+        chunks = [_unscaled_fen(chunk) for chunk in column.chunks]
+        if all(chunk is not None for chunk in chunks):
+            return pa.chunked_array(chunks, type=pa.int64())
     try:
         scaled = pc.cast(column, pa.decimal128(30, 2))
         fen = pc.cast(pc.multiply(scaled, pa.scalar(100, pa.decimal128(3, 0))), pa.decimal128(34, 0))
         return pc.cast(fen, pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise PipelineError(f"{where}: {name} holds a value too large for an amount") from exc
+
+
+def _unscaled_fen(chunk: pa.Array) -> pa.Array | None:
+    """A decimal128(p, 2) array's unscaled integers are exactly its fen: read them from the buffer
+    with no arithmetic (little-endian 128-bit words). None when that is not safe (a sliced array,
+    or a value beyond 64 bits, which the checked path then reports)."""
+    if chunk.offset != 0 or sys.byteorder != "little":
+        return None
+    validity, data = chunk.buffers()
+    words = np.frombuffer(data, dtype=np.int64, count=2 * len(chunk))
+    low, high = words[0::2], words[1::2]
+    if not np.array_equal(high, low >> 63):
+        return None
+    return pa.Array.from_buffers(pa.int64(), len(chunk), [validity, pa.py_buffer(np.ascontiguousarray(low))])
 
 
 def _where(path: Path, root: Path) -> str:
@@ -132,8 +152,8 @@ def _normalize(table: pa.Table, *, month: dt.date, where: str) -> pl.DataFrame:
         values = table.column(column)
         if pa.types.is_dictionary(values.type):
             values = pc.cast(values, values.type.value_type)
-        if kind == _STRING:
-            columns[column] = pc.cast(values, pa.large_string())
+        if kind == _STRING:  # Polars takes string, large_string or string_view as they come
+            columns[column] = values if not pa.types.is_null(values.type) else pc.cast(values, pa.large_string())
         elif kind == _BOOL:
             columns[column] = pc.cast(values, pa.bool_())
         elif kind == _DATE:
@@ -185,7 +205,7 @@ class SplitFile:
         }
 
 
-BATCH_ROWS = 1_000_000
+BATCH_ROWS = 250_000
 """Rows normalized and split at a time: bounds the memory of reading an extract of any size."""
 FILE_INDEX = "source_file_index"
 

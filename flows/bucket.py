@@ -151,16 +151,23 @@ def _value_rule_failures(candidates: pl.DataFrame, month: dt.date) -> pl.DataFra
 def clean_rows(rows: pl.DataFrame, month: dt.date) -> CleanRows:
     """SPEC section 2 steps 2-4 on rows in read order (``row_id``, ``source_file``, ``source_row``
     and the contract columns): collapse duplicates, quarantine conflicts, then value-rule breakers."""
-    deduplicated = collapse_duplicates(rows.lazy()).collect()
-    conflicts = conflicting_row_ids(deduplicated.lazy()).collect().with_columns(pl.col(ROW_ID).cast(pl.UInt32))
-    candidates = deduplicated.join(conflicts.select(ROW_ID), on=ROW_ID, how="anti")
+    repeated_ids = rows.select(pl.col("subscriber_id").is_duplicated().any()).item()
+    if repeated_ids:
+        deduplicated = collapse_duplicates(rows.lazy()).collect()
+        conflicts = conflicting_row_ids(deduplicated.lazy()).collect().with_columns(pl.col(ROW_ID).cast(pl.UInt32))
+        candidates = deduplicated.join(conflicts.select(ROW_ID), on=ROW_ID, how="anti")
+        ids = presence(deduplicated.lazy()).collect()
+    else:  # the usual month: one row per subscriber, so no duplicate and no conflict to look for
+        deduplicated = candidates = rows
+        conflicts = pl.DataFrame(schema={ROW_ID: pl.UInt32, "rule": pl.String, "detail": pl.String})
+        ids = rows.select("subscriber_id").drop_nulls()
     failures = pl.concat([conflicts, _value_rule_failures(candidates, month)])
     quarantine = quarantine_table(deduplicated.lazy(), failures=failures.lazy()).collect()
     valid = candidates.join(failures.select(ROW_ID).unique(), on=ROW_ID, how="anti") if failures.height else candidates
     return CleanRows(
         valid_rows=valid.select(list(CONTRACT_COLUMNS)),
         quarantine=quarantine,
-        presence=presence(deduplicated.lazy()).collect(),
+        presence=ids,
         rows_read=rows.height,
         rows_after_duplicates=deduplicated.height,
         quarantine_by_rule=dict(quarantine.group_by("rule").len().sort("rule").iter_rows()),

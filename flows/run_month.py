@@ -36,7 +36,7 @@ from transforms.guards import GuardFigures
 MapBuckets = Callable[[Callable[[BucketJob], BucketResult], Sequence[BucketJob]], list[BucketResult]]
 """Runs the bucket function over every job and returns the results in job order."""
 
-ROWS_PER_BUCKET = 500_000
+ROWS_PER_BUCKET = 250_000
 """The automatic bucket count keeps about this many extract rows per bucket: a bucket of a million
 subscribers evaluates in well under a gigabyte, and fewer buckets mean fewer, larger part files."""
 

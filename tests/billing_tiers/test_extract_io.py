@@ -124,3 +124,26 @@ def test_a_column_given_twice_is_refused(tmp_path: Path) -> None:
     pq.write_table(twice, folder / "p.parquet")
     with pytest.raises(PipelineError, match="column status appears more than once"):
         read(folder / "p.parquet", tmp_path)
+
+
+@pytest.mark.parametrize("precision", [12, 18, 38])
+def test_decimal_money_reads_as_exact_fen_negatives_and_nulls_included(precision: int) -> None:
+    import pyarrow as pa
+
+    from billing_tiers.extract_io import _money_to_fen
+
+    values = [Decimal("-100000.00"), Decimal("-0.01"), None, Decimal("0.00"), Decimal("1000000.00"), Decimal("12.34")]
+    column = pa.chunked_array([pa.array(values, pa.decimal128(precision, 2))])
+    assert _money_to_fen(column, "x", "billed_amount").to_pylist() == [-10000000, -1, None, 0, 100000000, 1234]
+    sliced = pa.chunked_array([pa.array(values, pa.decimal128(precision, 2)).slice(1, 3)])
+    assert _money_to_fen(sliced, "x", "billed_amount").to_pylist() == [-1, None, 0]
+
+
+def test_decimal_money_beyond_64_bits_is_refused_naming_the_column() -> None:
+    import pyarrow as pa
+
+    from billing_tiers.extract_io import _money_to_fen
+
+    column = pa.chunked_array([pa.array([Decimal("1" + "0" * 30 + ".00")], pa.decimal128(38, 2))])
+    with pytest.raises(PipelineError, match="billed_amount holds a value too large"):
+        _money_to_fen(column, "x", "billed_amount")

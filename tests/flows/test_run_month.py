@@ -116,4 +116,4 @@ def test_a_guard_failure_publishes_nothing_and_leaves_no_staging(tmp_path: Path)
 
 
 def test_the_automatic_bucket_count_grows_with_the_extract() -> None:
-    assert [automatic_buckets(n) for n in (1, 500_000, 500_001, 10_000_000)] == [1, 1, 2, 20]
+    assert [automatic_buckets(n) for n in (1, 250_000, 250_001, 10_000_000)] == [1, 1, 2, 40]
