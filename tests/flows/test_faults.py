@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -219,6 +220,59 @@ def test_kill_9_of_a_real_backfill_then_rerun_gives_identical_tables(
     process.wait()
     assert_readable(store)
     rerun = _cli(store, extracts, api_url, "backfill", "--from", MONTHS[0], "--buckets", "2")
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()
+    assert_same_store(store, clean_store)
+
+
+def _wait_for(predicate: Callable[[], bool], process: subprocess.Popen[bytes], timeout: float = 120.0) -> bool:
+    """Poll until ``predicate`` holds (True) or the process ends first (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.005)
+    raise AssertionError("the moment to kill never came")
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["parts_staged", "journal_written", "later_month_committed"],
+)
+def test_kill_9_at_a_chosen_publish_moment_with_several_buckets(
+    moment: str, extracts: Path, clean_store: Path, tmp_path: Path
+) -> None:
+    """Kill a real backfill while bucket parts are staged, just after the commit point, or half-way
+    through the swaps; readers then see whole table-months and a rerun converges."""
+    from prefect.settings import PREFECT_API_URL
+
+    store = tmp_path / "store"
+    staging = store / "_staging"
+
+    def reached() -> bool:
+        match moment:
+            case "parts_staged":
+                return any(staging.glob("*/tables/card_issuance/part-00001-*.parquet"))
+            case "journal_written":
+                return any(staging.glob("*/journal.json"))
+            case _:
+                return any((store / "tier_assignments").glob("billing_month=2024-02/part-*")) and any(
+                    staging.glob("*/journal.json")
+                )
+
+    process = _cli(store, extracts, str(PREFECT_API_URL.value()), "backfill", "--from", MONTHS[0], "--buckets", "3")
+    killed = _wait_for(reached, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert killed, "the backfill ended before the moment came"
+    assert_readable(store)
+    for table in TABLES:  # every visible table-month holds the parts of one run only
+        for month_dir in (store / table).glob("billing_month=*"):
+            tags = {p.name.split("-")[2] for p in month_dir.glob("part-*.parquet")}
+            assert len(tags) <= 1, (table, month_dir.name, tags)
+    rerun = _cli(store, extracts, str(PREFECT_API_URL.value()), "backfill", "--from", MONTHS[0])
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err.decode()
     assert_same_store(store, clean_store)
