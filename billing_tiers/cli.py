@@ -7,12 +7,13 @@ before Prefect starts, so a refusal is immediate.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from billing_tiers import __version__, progress
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import month_label, parse_month
 from rulebook import RulebookError, load_rulebook
@@ -37,16 +39,16 @@ ExtractsOption = Annotated[Path, typer.Option("--extracts", help="Folder of bill
 StoreOption = Annotated[Path, typer.Option("--store", help="Output store folder.")]
 RulebookOption = Annotated[Path | None, typer.Option("--rulebook", help="Rulebook TOML (default: bundled).")]
 OverrideOption = Annotated[
-    bool, typer.Option("--override-guards", help="Publish even if an input guard fails (recorded).")
+    bool, typer.Option("--override-guards", metavar=" ", help="Publish even if an input guard fails (recorded).")
 ]
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+DebugOption = Annotated[bool, typer.Option("--debug", metavar=" ", help="Show tracebacks.")]
 BucketsOption = Annotated[
     int | None,
     typer.Option(
         "--buckets",
         min=1,
         help="Split the month into this many buckets by a stable hash of subscriber_id "
-        "(default: about one per million extract rows). Output is the same for any count.",
+        "(default: one per 250,000 extract rows). Output is the same for any count.",
     ),
 ]
 DaskAddressOption = Annotated[
@@ -110,9 +112,26 @@ def _guarded(debug: bool, action: Callable[[], T]) -> T:
         raise typer.Exit(1) from None
 
 
+def _check_prefect_server() -> None:
+    """With PREFECT_API_URL set, a server that does not answer is one clear line, not a traceback."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise PipelineError(
+            f"the Prefect server at {url} does not answer ({type(exc).__name__}); start it "
+            f"(`prefect server start`) or unset PREFECT_API_URL to use a temporary one"
+        ) from None
+
+
 def _start_prefect(debug: bool) -> Any:
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    _check_prefect_server()
     from flows import monthly
 
     if not debug:
@@ -143,25 +162,38 @@ def _print_summary(manifests: list[dict[str, Any]]) -> None:
             f"{manifest['billing_month']}: {tables['tier_assignments']['rows']} tier rows, "
             f"{tables['card_issuance']['rows']} card events, {tables['quarantine']['rows']} quarantined, "
             f"{manifest['duplicates_collapsed']} duplicates collapsed, {manifest['buckets']} buckets, "
-            f"{manifest['timings_seconds']['total']} s",
+            f"{manifest['timings_seconds']['total']} s"
+            + (
+                f"; rows changed from the version replaced: {manifest['changes_by_program']}"
+                if manifest.get("changes_by_program") is not None
+                else ""
+            ),
             highlight=False,
         )
 
 
-def _preflight(store: Path, rulebook: Path | None, command: str, plan: Callable[[Any], T]) -> T:
-    """Fail fast, before Prefect starts: the rulebook parses, the store is free, the plan is allowed.
+@contextlib.contextmanager
+def _writer(store: Path, rulebook: Path | None, command: str) -> Iterator[Any]:
+    """The store, checked and locked for the whole command, before Prefect starts.
 
-    Holding the lock here also finishes any publish a killed run left past its commit point, so
-    the plan sees the store as it really is.
-    """
+    The lock taken here is the one held until the last file is published (the flow's own lock is
+    the same one, shared in this process), so a second writer is refused at once. Holding it also
+    finishes any publish a killed run left past its commit point, so plans see the store as it is."""
     from billing_tiers.store import Store
 
     load_rulebook(rulebook)
-    the_store = Store(store)
+    the_store = Store(store).require()
     with the_store.writer_lock(command):
         for line in the_store.recover():
             errors.print(f"store {store}: {line}", markup=False, highlight=False)
-        return plan(the_store)
+        yield the_store
+
+
+def _reading(store: Path) -> Any:
+    """The store for a reading command, or a refusal naming the path and pointing to ``init``."""
+    from billing_tiers.store import Store
+
+    return Store(store).require()
 
 
 def _check_extract_footers(extracts: Path, months: list[dt.date]) -> None:
@@ -172,6 +204,92 @@ def _check_extract_footers(extracts: Path, months: list[dt.date]) -> None:
     for month in months:
         for path in extract_files(extracts, month):
             check_extract_schema(path, root=extracts)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"billing-tiers {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", metavar=" ", callback=_show_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Monthly customer-program levels and member cards from billing extracts."""
+
+
+@app.command()
+def init(
+    store: Annotated[Path, typer.Option("--store", help="The store folder to create.")],
+    debug: DebugOption = False,
+) -> None:
+    """Create a store: the folder and its marker. Every other command refuses a folder that is not one."""
+    from billing_tiers.store import Store
+
+    created = _guarded(debug, lambda: Store(store).initialise())
+    console.print(f"store {store} {'created' if created else 'is already a store; nothing changed'}", highlight=False)
+
+
+@app.command()
+def check(
+    month: Annotated[str, typer.Option("--month", help="Billing month YYYY-MM.")],
+    extracts: ExtractsOption = Path("data/sample/extracts"),
+    store: StoreOption = Path("data/store"),
+    rulebook: RulebookOption = None,
+    buckets: BucketsOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Everything `run` does except publishing: exit 0 when `run` would publish, 2 when it would stop.
+
+    Prints the summary and guard figures with quarantine counts by rule; when a guard would stop
+    the month, the rejected rows are written to <store>/_rejected/ and named."""
+    from billing_tiers.history import plan_run
+
+    def action() -> dict[str, Any]:
+        from flows.run_month import run_month
+
+        target = parse_month(month)
+        _check_extract_footers(extracts, [target])
+        with _writer(store, rulebook, f"check --month {month}") as the_store:
+            plan = plan_run(the_store, target)
+            try:
+                return run_month(
+                    store=the_store,
+                    extracts=extracts,
+                    month=target,
+                    build_on=plan.build_on,
+                    rulebook=load_rulebook(rulebook),
+                    rulebook_path=rulebook,
+                    override_guards=False,
+                    buckets=buckets,
+                    dry_run=True,
+                )
+            except PipelineError as exc:
+                figures = getattr(exc, "guards", None)
+                if figures is not None:
+                    _print_guards(figures.as_dict(), getattr(exc, "quarantine_by_rule", {}))
+                raise
+
+    manifest = _guarded(debug, action)
+    _print_summary([manifest])
+    _print_guards(manifest["guards"], manifest["quarantine_by_rule"])
+    console.print(f"check {month}: run would publish", highlight=False)
+
+
+def _print_guards(guards: dict[str, Any], quarantine_by_rule: dict[str, int]) -> None:
+    console.print(
+        f"guards: {guards['quarantined_rows']} of {guards['rows_after_duplicates']} rows quarantined "
+        f"(ratio {guards['quarantine_ratio']:.4%}, max {guards['max_quarantine_ratio']}); "
+        f"{guards['missing_subscribers']} of {guards['previous_subscribers']} previous subscribers missing "
+        f"(ratio {guards['missing_ratio']:.4%}, max {guards['max_missing_ratio']})",
+        highlight=False,
+    )
+    for rule, count in quarantine_by_rule.items():
+        console.print(f"  quarantined by {rule}: {count}", highlight=False)
 
 
 @app.command()
@@ -193,19 +311,20 @@ def run(
 
         target = parse_month(month)
         _check_extract_footers(extracts, [target])
-        _preflight(store, rulebook, f"run --month {month}", lambda the_store: plan_run(the_store, target))
-        monthly = _start_prefect(debug)
-        flow = monthly.monthly_tiers.with_options(
-            task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
-        )
-        result: list[dict[str, Any]] = flow(
-            month=month_label(target),
-            extracts=str(extracts),
-            store=str(store),
-            rulebook=str(rulebook) if rulebook else None,
-            override_guards=override_guards,
-            buckets=buckets,
-        )
+        with _writer(store, rulebook, f"run --month {month}") as the_store:
+            plan_run(the_store, target)
+            monthly = _start_prefect(debug)
+            flow = monthly.monthly_tiers.with_options(
+                task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
+            )
+            result: list[dict[str, Any]] = flow(
+                month=month_label(target),
+                extracts=str(extracts),
+                store=str(store),
+                rulebook=str(rulebook) if rulebook else None,
+                override_guards=override_guards,
+                buckets=buckets,
+            )
         return result
 
     _print_summary(_guarded(debug, action))
@@ -231,26 +350,23 @@ def backfill(
 
         first = parse_month(start)
         last = parse_month(end) if end else None
-        plan = _preflight(
-            store,
-            rulebook,
-            f"backfill --from {start}",
-            lambda the_store: plan_backfill(the_store, extracts, first, last),
-        )
-        _check_extract_footers(extracts, plan.months)
-        monthly = _start_prefect(debug)
-        flow = monthly.backfill_tiers.with_options(
-            task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
-        )
-        result: list[dict[str, Any]] = flow(
-            start=month_label(first),
-            end=month_label(last) if last else None,
-            extracts=str(extracts),
-            store=str(store),
-            rulebook=str(rulebook) if rulebook else None,
-            override_guards=override_guards,
-            buckets=buckets,
-        )
+        with _writer(store, rulebook, f"backfill --from {start}") as the_store:
+            plan = plan_backfill(the_store, extracts, first, last)
+            _check_extract_footers(extracts, plan.months)
+            monthly = _start_prefect(debug)
+            flow = monthly.backfill_tiers.with_options(
+                task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
+            )
+            with progress.months(len(plan.months)):
+                result: list[dict[str, Any]] = flow(
+                    start=month_label(first),
+                    end=month_label(last) if last else None,
+                    extracts=str(extracts),
+                    store=str(store),
+                    rulebook=str(rulebook) if rulebook else None,
+                    override_guards=override_guards,
+                    buckets=buckets,
+                )
         return result
 
     _print_summary(_guarded(debug, action))
@@ -259,17 +375,33 @@ def backfill(
 @app.command()
 def status(
     store: StoreOption = Path("data/store"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    check: Annotated[bool, typer.Option("--check", help="Exit 3 if any month is stale or incomplete.")] = False,
+    extracts: ExtractsOption = Path("data/sample/extracts"),
+    as_json: Annotated[bool, typer.Option("--json", metavar=" ", help="Print JSON instead of a table.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            metavar=" ",
+            help="Exit 3 if the store is missing or not initialised, a month is stale or incomplete, "
+            "or the store is behind the extracts.",
+        ),
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
-    """List published months, their manifests, and any month that is stale or incomplete."""
+    """List published months, their manifests, and any month that is stale, incomplete or not yet run."""
     from billing_tiers.history import store_status
-    from billing_tiers.store import Store
+    from billing_tiers.store import Store, extract_months
 
-    the_store = Store(store)
+    try:
+        the_store = Store(store).require()
+    except PipelineError as exc:
+        errors.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(3 if check else 2) from None
     statuses = _guarded(debug, lambda: store_status(the_store))
     pending = the_store.pending_publishes()
+    rejected = [month_label(m) for m in the_store.rejected_months()]
+    latest = statuses[-1].month if statuses else None
+    behind = [month_label(m) for m in extract_months(extracts) if latest is None or m > latest]
     rows = [
         {
             "billing_month": month_label(s.month),
@@ -277,6 +409,7 @@ def status(
             "run_id": (s.manifest or {}).get("run_id"),
             "built_from": ((s.manifest or {}).get("built_from") or {}).get("month"),
             "created_at": (s.manifest or {}).get("created_at"),
+            "buckets": (s.manifest or {}).get("buckets"),
             "tier_rows": ((s.manifest or {}).get("tables", {}).get("tier_assignments") or {}).get("rows"),
             "quarantined": ((s.manifest or {}).get("tables", {}).get("quarantine") or {}).get("rows"),
             "guards_overridden": ((s.manifest or {}).get("guards") or {}).get("overridden"),
@@ -284,24 +417,28 @@ def status(
         for s in statuses
     ]
     if as_json:
-        print(json.dumps({"months": rows, "interrupted_publishes": pending}, indent=2))
+        report = {"months": rows, "behind": behind, "rejected": rejected, "interrupted_publishes": pending}
+        print(json.dumps(report, indent=2))
     else:
+        columns = ("billing_month", "status", "built_from", "run_id", "buckets", "tier_rows", "quarantined")
         table = Table(title=f"store {store}")
-        for column in ("billing_month", "status", "built_from", "run_id", "tier_rows", "quarantined"):
+        for column in columns:
             table.add_column(column)
         for row in rows:
-            table.add_row(
-                *[
-                    str(row[c]) if row[c] is not None else "-"
-                    for c in ("billing_month", "status", "built_from", "run_id", "tier_rows", "quarantined")
-                ]
-            )
+            table.add_row(*[str(row[c]) if row[c] is not None else "-" for c in columns])
         console.print(table)
         if not rows:
             console.print("no month published yet")
+        if behind:
+            console.print(f"behind: extracts under {extracts} not yet published: {', '.join(behind)}", highlight=False)
+        for month in rejected:
+            console.print(
+                f"rejected: {month} was stopped by a guard; rows in {the_store.rejected_file(parse_month(month))}",
+                highlight=False,
+            )
         if pending:
             console.print(f"interrupted publishes (finished by the next run or backfill): {', '.join(pending)}")
-    if check and (any(not s.healthy for s in statuses) or pending):
+    if check and (any(not s.healthy for s in statuses) or pending or behind):
         raise typer.Exit(3)
 
 
@@ -314,10 +451,9 @@ def explain(
     debug: DebugOption = False,
 ) -> None:
     """Say why a subscriber has the level it has in a month: metrics, thresholds, action."""
-    from billing_tiers.store import Store
 
     def action() -> list[dict[str, Any]]:
-        the_store = Store(store)
+        the_store = _reading(store)
         frame = the_store.read_table("tier_assignments", parse_month(month))
         import polars as pl
 

@@ -12,6 +12,9 @@ _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 def parse_month(text: str) -> dt.date:
     """``"2024-03"`` -> 2024-03-01; anything else is a PipelineError."""
+    shape = re.match(r"^(\d{4})-(\d{2})$", text.strip())
+    if shape and not 1 <= int(shape.group(2)) <= 12:
+        raise PipelineError(f"month {text!r}: there is no month {int(shape.group(2))}; months run from 01 to 12")
     match = _MONTH.match(text.strip())
     if not match:
         raise PipelineError(f"month {text!r} is not of the form YYYY-MM")

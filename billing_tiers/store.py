@@ -41,9 +41,13 @@ from filelock import FileLock, Timeout
 
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import month_label, parse_month
-from schemas.contract import TABLES
+from schemas.contract import STORE_TABLES
 
 MANIFEST_FILE = "manifest.json"
+MARKER_FILE = "billing-tiers-store.json"
+"""Marks a folder as a store made on purpose by ``billing-tiers init`` (SPEC 8)."""
+STORE_FORMAT = 2
+"""2: bucket part files per table-month, memberships carried in the state."""
 _STAGING = "_staging"
 _JOURNAL = "journal.json"
 _MONTH_DIR = re.compile(r"^billing_month=(\d{4}-\d{2})$")
@@ -183,9 +187,63 @@ class Store:
         """Where a run puts one bucket's extract rows (read once, split by bucket)."""
         return self.staging_dir(run_id) / "extract" / f"bucket-{bucket:05d}"
 
+    def scratch_missing_dir(self, run_id: str) -> Path:
+        """Where each bucket leaves the previous extract's ids missing from this one."""
+        return self.staging_dir(run_id) / "missing"
+
     def scratch_previous_dir(self, run_id: str, table: str, bucket: int) -> Path:
         """Where a run puts one bucket's share of a previous table built with another bucket count."""
         return self.staging_dir(run_id) / "previous" / table / f"bucket-{bucket:05d}"
+
+    @property
+    def marker_file(self) -> Path:
+        return self.root / MARKER_FILE
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.root / "_rejected"
+
+    def rejected_file(self, month: dt.date) -> Path:
+        """Where the rows a guard rejected wait for the operator (never read as a published table)."""
+        return self.rejected_dir / f"billing_month={month_label(month)}" / "quarantine.parquet"
+
+    def rejected_months(self) -> list[dt.date]:
+        return self._months_under(self.rejected_dir, lambda folder: any(folder.glob("*.parquet")))
+
+    def is_initialised(self) -> bool:
+        return self.marker_file.is_file()
+
+    def initialise(self) -> bool:
+        """Create the store (the folder and its marker); False if it already is one.
+
+        A folder that exists, is not empty and is not a store is refused: a store is never laid
+        over other files."""
+        if self.is_initialised():
+            return False
+        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
+            raise PipelineError(f"store {self.root}: the folder exists and is not empty; choose a new folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = {"format": STORE_FORMAT, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        _write_bytes_atomically(self.marker_file, json.dumps(marker, indent=2).encode())
+        return True
+
+    def require(self) -> Store:
+        """This store, or a PipelineError naming the path and pointing to ``init`` (creates nothing)."""
+        if not self.root.is_dir():
+            raise PipelineError(
+                f"store {self.root} does not exist; create it with `billing-tiers init --store {self.root}`"
+            )
+        if not self.is_initialised():
+            raise PipelineError(
+                f"store {self.root} is not an initialised store (no {MARKER_FILE}); "
+                f"create one with `billing-tiers init --store DIR`"
+            )
+        marker = json.loads(self.marker_file.read_text(encoding="utf-8"))
+        if marker.get("format") != STORE_FORMAT:
+            raise PipelineError(
+                f"store {self.root} has format {marker.get('format')}, this version reads format {STORE_FORMAT}"
+            )
+        return self
 
     @property
     def lock_file(self) -> Path:
@@ -216,7 +274,7 @@ class Store:
     def table_months(self) -> list[dt.date]:
         """Months with a published table folder holding at least one file, oldest first."""
         found: set[dt.date] = set()
-        for table in TABLES:
+        for table in STORE_TABLES:
             found.update(self._months_under(self.table_dir(table), lambda folder: any(folder.glob("*.parquet"))))
         return sorted(found)
 
@@ -323,7 +381,7 @@ class Store:
             if published != expected:  # not swapped yet (after a swap, staged holds the old parts)
                 swap_in(staged, final)
             _maybe_fail(fail_at, f"moved:{table}")
-        for table in TABLES:  # a table this run did not produce must not survive from an older run
+        for table in STORE_TABLES:  # a table this run did not produce must not survive from an older run
             if table not in manifest["tables"]:
                 shutil.rmtree(self.month_dir(table, month), ignore_errors=True)
         _maybe_fail(fail_at, "before_manifest")
@@ -361,7 +419,14 @@ class Store:
         The lock is an OS file lock: the kernel releases it when its holder dies, so a lock left by
         a killed run is taken over by the next one without any manual step.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        key = self.root.resolve()
+        if key in _HELD_LOCKS:  # this process holds it already (the CLI holds it around the flow)
+            _HELD_LOCKS[key] += 1
+            try:
+                yield
+            finally:
+                _HELD_LOCKS[key] -= 1
+            return
         lock = FileLock(self.lock_file, blocking=False)
         try:
             lock.acquire()
@@ -372,6 +437,7 @@ class Store:
             raise PipelineError(
                 f"store {self.root} is in use by another run ({owner or 'owner unknown'}); try again when it ends"
             ) from None
+        _HELD_LOCKS[key] = 1
         try:
             self.lock_owner_file.write_text(
                 f"pid {os.getpid()}, {command}, since {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%SZ}\n",
@@ -379,6 +445,7 @@ class Store:
             )
             yield
         finally:
+            del _HELD_LOCKS[key]
             with contextlib.suppress(OSError):
                 self.lock_owner_file.unlink()
             lock.release()
@@ -404,6 +471,11 @@ def read_verified(path: Path, sha256: str | None, *, table: str, month: dt.date)
     import io
 
     return pl.read_parquet(io.BytesIO(data))
+
+
+_HELD_LOCKS: dict[Path, int] = {}
+"""Stores whose writer lock this process holds, with the nesting depth: the lock is taken once,
+before Prefect starts, and every nested ``writer_lock`` of the same store shares it."""
 
 
 class InjectedFault(RuntimeError):

@@ -26,16 +26,19 @@ from billing_tiers.months import month_end, month_label
 from billing_tiers.store import extract_files, part_name, read_verified, write_part
 from rulebook import Rulebook
 from schemas.contract import (
+    CHANGES,
     CONTRACT_COLUMNS,
     EXTRACT_PRESENCE,
     ROW_ID,
     SOURCE_FILE,
     SOURCE_ROW,
+    TIER_ASSIGNMENTS,
     published_tables,
     state_table,
 )
 from schemas.extract import extract_rules, required_rule
 from schemas.outputs import check_evaluated_subscribers, check_table
+from transforms.changes import tier_changes
 from transforms.evaluate import evaluate_month
 from transforms.extract import collapse_duplicates, conflicting_row_ids, presence, quarantine_table
 from transforms.guards import missing_subscribers
@@ -64,8 +67,12 @@ class BucketJob:
     """Carried table name -> the parts of the previous month that belong to this bucket."""
     staged_dirs: dict[str, Path]
     """Published table name -> the staging folder its part goes to."""
+    missing_dir: Path
+    """Scratch folder for the ids of the previous extract missing from this one (for the operator)."""
     tag: str
     rulebook: Rulebook
+    replaced: tuple[PartRef, ...] | None = None
+    """The bucket's share of the month's tier rows as published before (None: not published yet)."""
 
     @property
     def label(self) -> str:
@@ -85,6 +92,7 @@ class BucketResult:
     missing_subscribers: int
     summary: list[dict[str, Any]]
     parts: dict[str, dict[str, Any]]
+    changes_by_program: dict[str, int] | None
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -222,7 +230,10 @@ def _read_previous_state(job: BucketJob) -> pl.DataFrame:
 
 def validate_tables(tables: dict[str, pl.DataFrame], month: dt.date, rulebook: Rulebook) -> None:
     """Every output table against its contract; a failure is a bug, reported before publishing."""
-    contract = published_tables(rulebook.metrics.window_months, tuple(rulebook.enabled_programs()))
+    contract = {
+        **published_tables(rulebook.metrics.window_months, tuple(rulebook.enabled_programs())),
+        "changes": CHANGES,
+    }
     for name, frame in tables.items():
         problems = check_table(frame, contract[name])
         if name == "tier_assignments":
@@ -249,8 +260,12 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
     with timed("load_previous_state"):
         state = _read_previous_state(job)
         previous_presence = _read_previous(job, EXTRACT_PRESENCE.name, EXTRACT_PRESENCE.schema)
-        missing = missing_subscribers(previous_ids=previous_presence.lazy(), current_ids=clean.presence.lazy())
-        missing_count = missing.select(pl.len()).collect().item()
+        missing = missing_subscribers(
+            previous_ids=previous_presence.lazy(), current_ids=clean.presence.lazy()
+        ).collect()
+        if missing.height:
+            job.missing_dir.mkdir(parents=True, exist_ok=True)
+            missing.write_parquet(job.missing_dir / part_name(job.bucket, job.tag))
     with timed("evaluate"):
         evaluated = evaluate_month(
             valid_rows=clean.valid_rows.lazy(),
@@ -269,6 +284,14 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
             "extract_presence": clean.presence,
         }
         summary = tier.group_by("program", "level", "action").agg(pl.len().alias("subscribers")).to_dicts()
+        changes_by_program = None
+        if job.replaced is not None:
+            before = [
+                read_verified(ref.path, ref.sha256, table="tier_assignments", month=job.month) for ref in job.replaced
+            ]
+            old = pl.concat([frame for frame in before if frame.height] or [TIER_ASSIGNMENTS.empty()])
+            tables["changes"] = tier_changes(before=old.lazy(), after=tier.lazy()).collect()
+            changes_by_program = dict(tables["changes"].group_by("program").len().iter_rows())
     with timed("validate_outputs"):
         validate_tables(tables, job.month, job.rulebook)
     with timed("write_parts"):
@@ -276,7 +299,7 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
             name: write_part(frame, job.staged_dirs[name] / part_name(job.bucket, job.tag))
             for name, frame in tables.items()
         }
-    assert set(parts) == set(published_tables())
+    assert set(parts) >= set(published_tables())
     return BucketResult(
         bucket=job.bucket,
         rows_read=clean.rows_read,
@@ -284,8 +307,9 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
         quarantined_rows=clean.quarantine.height,
         quarantine_by_rule=clean.quarantine_by_rule,
         previous_subscribers=previous_presence.height,
-        missing_subscribers=missing_count,
+        missing_subscribers=missing.height,
         summary=summary,
         parts=parts,
+        changes_by_program=changes_by_program,
         seconds=seconds,
     )

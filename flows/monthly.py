@@ -9,18 +9,20 @@ everywhere: correctness never depends on it.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import prefect.runtime.flow_run
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from billing_tiers import progress
+from billing_tiers.errors import PipelineError
 from billing_tiers.history import Plan, plan_backfill, plan_run
-from billing_tiers.months import add_months, month_label, parse_month
+from billing_tiers.months import parse_month
 from billing_tiers.store import Store
 from flows.bucket import BucketJob, BucketResult
 from flows.run_month import run_month, summary_frame
@@ -88,7 +90,9 @@ def _run_plan(
             buckets=buckets,
             map_buckets=_map_as_tasks,
             logger=logger,
+            flow_run_id=str(prefect.runtime.flow_run.id) if prefect.runtime.flow_run.id else None,
         )
+        progress.month_done(manifest["billing_month"])
         create_table_artifact(
             key=f"tier-summary-{manifest['billing_month']}",
             table=summary_frame(manifest).to_dicts(),
@@ -111,7 +115,10 @@ def _locked_run(
     buckets: int | None,
 ) -> list[dict[str, Any]]:
     """Under the store's lock: finish any interrupted publish, plan, and run the planned months."""
-    the_store = Store(Path(store))
+    for name, value in (("extracts", extracts), ("store", store)):
+        if not value or not value.strip():
+            raise PipelineError(f"parameter {name} is empty: give the {name} folder")
+    the_store = Store(Path(store)).require()
     with the_store.writer_lock(command):
         for line in the_store.recover():
             get_run_logger().warning("store %s: %s", the_store.root, line)
@@ -168,18 +175,3 @@ def backfill_tiers(
         override_guards=override_guards,
         buckets=buckets,
     )
-
-
-@flow(name="scheduled-monthly-tiers", persist_result=False)
-def scheduled_monthly_tiers(
-    extracts: str = "data/sample/extracts",
-    store: str = "data/store",
-    rulebook: str | None = None,
-    timezone: str = "Asia/Shanghai",
-) -> list[dict[str, Any]]:
-    """The scheduled entry point: evaluates the billing month that closed before today (in ``timezone``)."""
-    from zoneinfo import ZoneInfo
-
-    today = dt.datetime.now(ZoneInfo(timezone)).date()
-    closed = add_months(today.replace(day=1), -1)
-    return monthly_tiers(month=month_label(closed), extracts=extracts, store=store, rulebook=rulebook)

@@ -9,8 +9,11 @@ table-month at once. A run that stops before publishing removes its staging and 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
+import shutil
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -29,7 +32,7 @@ from billing_tiers.months import month_label
 from billing_tiers.store import Store, extract_files, read_verified, run_tag
 from flows.bucket import BucketJob, BucketResult, PartRef, evaluate_bucket
 from rulebook import Rulebook
-from schemas.contract import CARRIED_TABLES, TABLES
+from schemas.contract import CARRIED_TABLES, QUARANTINE, STORE_TABLES, TIER_ASSIGNMENTS
 from transforms.buckets import bucket_numbers
 from transforms.guards import GuardFigures
 
@@ -59,31 +62,28 @@ def new_run_id(month: dt.date) -> str:
     return f"{month_label(month)}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def _previous_parts(
-    store: Store, build_on: dt.date | None, manifest: dict[str, Any] | None, buckets: int, run_id: str
+def _parts_by_bucket(
+    store: Store, month: dt.date, manifest: dict[str, Any], tables: Sequence[str], buckets: int, run_id: str
 ) -> list[dict[str, tuple[PartRef, ...]]]:
-    """For each bucket, the parts of the previous month's carried tables that belong to it.
+    """For each bucket, the parts of a published month's ``tables`` that belong to it.
 
     With the same bucket count, part i is bucket i. With another count, each old part is read
     (checked against its checksum) and split by the new count into this run's scratch, one old part
     at a time, so a change of bucket count costs one pass and no more memory than a part."""
     per_bucket: list[dict[str, tuple[PartRef, ...]]] = [{} for _ in range(buckets)]
-    if build_on is None or manifest is None:
-        return per_bucket
-    for table in CARRIED_TABLES:
-        parts = store.part_paths(table, build_on, manifest)
+    for table in tables:
+        parts = store.part_paths(table, month, manifest)
         if manifest.get("buckets") == buckets and len(parts) == buckets:
             for bucket, (path, sha256) in enumerate(parts):
                 per_bucket[bucket][table] = (PartRef(path, sha256),)
             continue
         for index, (path, sha256) in enumerate(parts):
-            frame = read_verified(path, sha256, table=table, month=build_on)
+            frame = read_verified(path, sha256, table=table, month=month)
             numbers = bucket_numbers(frame["subscriber_id"], buckets)
-            for (bucket,), piece in (
-                frame.with_columns(numbers.alias("_bucket"))
-                .partition_by("_bucket", as_dict=True, include_key=False)
-                .items()
-            ):
+            split = frame.with_columns(numbers.alias("_bucket")).partition_by(
+                "_bucket", as_dict=True, include_key=False
+            )
+            for (bucket,), piece in split.items():
                 folder = store.scratch_previous_dir(run_id, table, int(bucket))
                 folder.mkdir(parents=True, exist_ok=True)
                 piece.write_parquet(folder / f"{index:05d}.parquet", compression="lz4")
@@ -92,6 +92,58 @@ def _previous_parts(
             pieces = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
             per_bucket[bucket][table] = tuple(PartRef(piece, None) for piece in pieces)
     return per_bucket
+
+
+@functools.cache
+def code_version() -> str:
+    """The package version, with the git commit when the code runs from a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}" if commit else __version__
+
+
+def _write_rejected(store: Store, run_id: str, month: dt.date) -> Path:
+    """Gather the rows a guard rejected (and the missing ids) where the operator can read them."""
+    target = store.rejected_file(month)
+    folder = target.parent
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    quarantine = sorted(store.staged_table_dir(run_id, "quarantine").glob("*.parquet"))
+    frames = [pl.read_parquet(path) for path in quarantine]
+    rows = pl.concat(frames) if frames else QUARANTINE.empty()
+    rows.sort("source_file", "source_row").write_parquet(target)
+    missing = sorted(store.scratch_missing_dir(run_id).glob("*.parquet"))
+    if missing:
+        pl.concat([pl.read_parquet(path) for path in missing]).sort("subscriber_id").write_parquet(
+            folder / "missing_subscribers.parquet"
+        )
+    return target
+
+
+class GuardError(PipelineError):
+    """A guard stopped the month; carries the figures for ``check`` to print."""
+
+    def __init__(self, message: str, *, guards: GuardFigures, quarantine_by_rule: dict[str, int], rejected: Path):
+        super().__init__(message)
+        self.guards = guards
+        self.quarantine_by_rule = quarantine_by_rule
+        self.rejected = rejected
+
+
+def _quarantine_by_rule(results: list[BucketResult]) -> dict[str, int]:
+    by_rule: Counter[str] = Counter()
+    for result in results:
+        by_rule.update(result.quarantine_by_rule)
+    return dict(sorted(by_rule.items()))
 
 
 def _summary(results: list[BucketResult]) -> list[dict[str, Any]]:
@@ -119,10 +171,15 @@ def run_month(
     map_buckets: MapBuckets = map_in_process,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     run_id: str | None = None,
+    dry_run: bool = False,
+    flow_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate and publish one month on top of the published ``build_on`` month (None: empty).
 
-    Returns the manifest as published. The caller holds the store's writer lock."""
+    Returns the manifest as published; with ``dry_run`` (``billing-tiers check``) everything but the
+    publish, and the manifest it would have published. When a guard stops the month, the rejected
+    rows go to ``<store>/_rejected/`` and :class:`GuardError` says where. The caller holds the
+    store's writer lock."""
     log = logger or logging.getLogger(__name__)
     label = month_label(month)
     run_id = run_id or new_run_id(month)
@@ -139,6 +196,7 @@ def run_month(
     previous_manifest = store.read_manifest(build_on) if build_on else None
     if build_on is not None and previous_manifest is None:
         raise PipelineError(f"month {label}: the state of {month_label(build_on)} is not published")
+    replaced_manifest = store.read_manifest(month)
     try:
         with step("read_extract"):
             files = extract_files(extracts, month)
@@ -157,7 +215,14 @@ def run_month(
             if sum(f.rows for f in split) == 0:
                 raise PipelineError(f"month {label}: the extract has no rows")
         with step("load_previous_state"):
-            previous = _previous_parts(store, build_on, previous_manifest, count, run_id)
+            previous: list[dict[str, tuple[PartRef, ...]]] = [{} for _ in range(count)]
+            if build_on is not None and previous_manifest is not None:
+                previous = _parts_by_bucket(store, build_on, previous_manifest, CARRIED_TABLES, count, run_id)
+            replaced = (
+                _parts_by_bucket(store, month, replaced_manifest, [TIER_ASSIGNMENTS.name], count, run_id)
+                if replaced_manifest is not None
+                else None
+            )
         jobs = [
             BucketJob(
                 month=month,
@@ -166,7 +231,9 @@ def run_month(
                 extract_dir=store.scratch_extract_dir(run_id, bucket),
                 source_files=tuple(f.file for f in split),
                 previous=previous[bucket],
-                staged_dirs={table: store.staged_table_dir(run_id, table) for table in TABLES},
+                staged_dirs={table: store.staged_table_dir(run_id, table) for table in STORE_TABLES},
+                missing_dir=store.scratch_missing_dir(run_id),
+                replaced=replaced[bucket].get(TIER_ASSIGNMENTS.name, ()) if replaced is not None else None,
                 tag=tag,
                 rulebook=rulebook,
             )
@@ -184,13 +251,18 @@ def run_month(
         )
         breaches = guards.breaches()
         if breaches and not override_guards:
-            raise PipelineError(
-                f"month {label}: guard failed, nothing published: {'; '.join(breaches)} "
-                f"(rerun with --override-guards to publish anyway)"
+            rejected = _write_rejected(store, run_id, month)
+            raise GuardError(
+                f"month {label}: guard failed, nothing published: {'; '.join(breaches)}; "
+                f"rejected rows in {rejected} (rerun with --override-guards to publish anyway)",
+                guards=guards,
+                quarantine_by_rule=_quarantine_by_rule(results),
+                rejected=rejected,
             )
     except BaseException:
         store.discard(run_id)
         raise
+    shutil.rmtree(store.rejected_file(month).parent, ignore_errors=True)  # the guards hold now
     for breach in breaches:
         log.warning("month %s: guard overridden by the operator: %s", label, breach)
     rows_read = sum(r.rows_read for r in results)
@@ -200,16 +272,20 @@ def run_month(
         log.warning("month %s: %s exact duplicate rows collapsed to one copy", label, duplicates)
     if ignored:
         log.warning("month %s: ignored columns not in the contract: %s", label, ", ".join(ignored))
-    by_rule: Counter[str] = Counter()
     bucket_seconds: Counter[str] = Counter()
     for result in results:
-        by_rule.update(result.quarantine_by_rule)
         bucket_seconds.update(result.seconds)
+    changes_by_program: Counter[str] | None = None
+    if replaced_manifest is not None:
+        changes_by_program = Counter()
+        for result in results:
+            changes_by_program.update(result.changes_by_program or {})
     manifest: dict[str, Any] = {
         "billing_month": label,
         "run_id": run_id,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code_version": __version__,
+        "code_version": code_version(),
+        "prefect_flow_run_id": flow_run_id,
         "built_from": {
             "month": month_label(build_on) if build_on else None,
             "run_id": previous_manifest["run_id"] if previous_manifest else None,
@@ -223,7 +299,7 @@ def run_month(
         "ignored_columns": ignored,
         "rows_read": rows_read,
         "duplicates_collapsed": duplicates,
-        "quarantine_by_rule": dict(sorted(by_rule.items())),
+        "quarantine_by_rule": _quarantine_by_rule(results),
         "guards": {
             **guards.as_dict(),
             "breached": breaches,
@@ -236,11 +312,19 @@ def run_month(
                 "rows": sum(r.parts[table]["rows"] for r in results),
                 "parts": [r.parts[table] for r in results],
             }
-            for table in TABLES
+            for table in STORE_TABLES
+            if table in results[0].parts
         },
+        "replaced_run_id": replaced_manifest["run_id"] if replaced_manifest else None,
+        "changes_by_program": dict(sorted(changes_by_program.items())) if changes_by_program is not None else None,
+        "dry_run": dry_run,
         "timings_seconds": timings,
         "bucket_seconds_summed": {name: round(value, 3) for name, value in sorted(bucket_seconds.items())},
     }
+    if dry_run:
+        store.discard(run_id)
+        timings["total"] = round(time.perf_counter() - run_started, 3)
+        return manifest
     publish_started = time.perf_counter()
     timings["publish"] = 0.0
     timings["total"] = 0.0

@@ -323,6 +323,27 @@ EXTRACT_PRESENCE = Table(
 )
 
 
+CHANGED_FIELDS = ("level", "action", "valid_from", "valid_until", "card_id")
+"""A correction shows a member when any of these differs from what was published before (SPEC 8)."""
+
+CHANGES = Table(
+    name="changes",
+    grain="One row per program and subscriber whose tier row of the billing month differs from the one "
+    "published before this run replaced it.",
+    columns={
+        "program": Column(pl.String()),
+        "subscriber_id": Column(pl.String()),
+        "change": Column(pl.String(), checks={"isin": ["changed", "added", "removed"]}),
+        **{
+            f"{field}_{version}": Column(TIER_ASSIGNMENTS.columns[field].dtype, nullable=True)
+            for field in CHANGED_FIELDS
+            for version in ("before", "after")
+        },
+    },
+    unique=("program", "subscriber_id"),
+)
+
+
 def published_tables(window_months: int = DEFAULT_WINDOW_MONTHS, programs: tuple[str, ...] = ()) -> dict[str, Table]:
     """Every table a month publishes, each hive-partitioned by ``billing_month`` and split in bucket parts."""
     state = state_table(window_months, programs)
@@ -333,6 +354,10 @@ def published_tables(window_months: int = DEFAULT_WINDOW_MONTHS, programs: tuple
 PUBLISHED_TABLES = published_tables()
 
 TABLES = tuple(PUBLISHED_TABLES)
+"""The tables every month publishes."""
+OPTIONAL_TABLES = (CHANGES.name,)
+"""Tables a month publishes only sometimes: ``changes`` when a run replaces a published month."""
+STORE_TABLES = (*TABLES, *OPTIONAL_TABLES)
 CARRIED_TABLES = (STATE.name, EXTRACT_PRESENCE.name)
 """Tables the next month reads back (by bucket); ``memberships`` is published for readers only."""
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from billing_tiers.cli import app
 from tests.extract_factory import row, write_extract
+from tests.stores import new_store
 
 runner = CliRunner()
 
@@ -32,7 +33,9 @@ def one_error_line(output: str) -> str:
 def test_a_bad_month_is_refused(tmp_path: Path) -> None:
     code, output = invoke("run", "--month", "2024-13", "--store", str(tmp_path / "s"))
     assert code == 2
-    assert one_error_line(output) == "error: month '2024-13' is not of the form YYYY-MM"
+    assert one_error_line(output) == "error: month '2024-13': there is no month 13; months run from 01 to 12"
+    code, output = invoke("run", "--month", "2024-1", "--store", str(tmp_path / "s"))
+    assert one_error_line(output) == "error: month '2024-1' is not of the form YYYY-MM"
 
 
 def test_a_missing_extract_month_is_refused_naming_it(tmp_path: Path) -> None:
@@ -56,7 +59,8 @@ def test_a_broken_rulebook_is_refused_naming_the_key(tmp_path: Path) -> None:
 def test_backfill_needs_every_month_folder(tmp_path: Path) -> None:
     write_extract(tmp_path, "2024-01", [row("a")])
     write_extract(tmp_path, "2024-03", [row("a")])
-    code, output = invoke("backfill", "--from", "2024-01", "--extracts", str(tmp_path), "--store", str(tmp_path / "s"))
+    store = new_store(tmp_path / "s")
+    code, output = invoke("backfill", "--from", "2024-01", "--extracts", str(tmp_path), "--store", str(store))
     assert code == 2
     assert "month 2024-02: no extract folder" in one_error_line(output)
 
@@ -74,7 +78,7 @@ def _hold_lock(store: Path) -> subprocess.Popen[bytes]:
 
 def test_a_second_writer_is_refused_at_once_and_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
     write_extract(tmp_path / "x", "2024-01", [row("a")])
-    store = tmp_path / "s"
+    store = new_store(tmp_path / "s")
     holder = _hold_lock(store)
     try:
         started = time.monotonic()
@@ -93,13 +97,15 @@ def test_a_second_writer_is_refused_at_once_and_a_dead_holder_is_taken_over(tmp_
 
 
 def test_status_on_an_empty_store(tmp_path: Path) -> None:
-    code, output = invoke("status", "--store", str(tmp_path))
+    code, output = invoke("status", "--store", str(new_store(tmp_path / "s")), "--extracts", str(tmp_path / "none"))
     assert code == 0
     assert "no month published yet" in output
 
 
 def test_explain_needs_a_published_month(tmp_path: Path) -> None:
-    code, output = invoke("explain", "--month", "2024-01", "--subscriber", "a", "--store", str(tmp_path))
+    code, output = invoke(
+        "explain", "--month", "2024-01", "--subscriber", "a", "--store", str(new_store(tmp_path / "s"))
+    )
     assert code == 2
     assert "month 2024-01: not published" in one_error_line(output)
 
@@ -119,7 +125,7 @@ def test_broken_files_are_refused_before_prefect_starts(tmp_path: Path) -> None:
 
     pq.write_table(pa.table({"subscriber_id": ["a"]}), tmp_path / "y" / "billing_month=2024-02" / "p.parquet")
     code, output = invoke(
-        "backfill", "--from", "2024-01", "--extracts", str(tmp_path / "y"), "--store", str(tmp_path / "t")
+        "backfill", "--from", "2024-01", "--extracts", str(tmp_path / "y"), "--store", str(new_store(tmp_path / "t"))
     )
     assert code == 2
     assert "billing_month=2024-02/p.parquet: required column customer_type is missing" in one_error_line(output)
@@ -133,7 +139,7 @@ def test_status_reports_a_stale_month_and_check_makes_it_an_exit_code(tmp_path: 
 
     from billing_tiers.store import Store
 
-    store = Store(tmp_path)
+    store = Store(new_store(tmp_path / "s"))
     frame = pl.DataFrame({"subscriber_id": ["a"]})
     for month, run_id, built in (("2024-01", "a1", None), ("2024-02", "a2", "a1"), ("2024-01", "b1", None)):
         date = dt.date.fromisoformat(f"{month}-01")
@@ -141,14 +147,77 @@ def test_status_reports_a_stale_month_and_check_makes_it_an_exit_code(tmp_path: 
         store.publish(
             date, run_id, {"state": frame}, {"billing_month": month, "run_id": run_id, "built_from": built_from}
         )
-    code, output = invoke("status", "--store", str(tmp_path))
+    where = ["--store", str(store.root), "--extracts", str(tmp_path / "none")]
+    code, output = invoke("status", *where)
     assert code == 0
     assert "2024-02" in output and "stale" in output
-    code, _ = invoke("status", "--store", str(tmp_path), "--check")
+    code, _ = invoke("status", *where, "--check")
     assert code == 3
-    code, output = invoke("status", "--store", str(tmp_path), "--json")
+    code, output = invoke("status", *where, "--json")
     assert code == 0
     import json
 
     months = {m["billing_month"]: m["status"] for m in json.loads(output)["months"]}
     assert months == {"2024-01": "ok", "2024-02": "stale: 2024-01 was re-published after this month was built"}
+
+
+def test_init_makes_a_store_on_purpose_and_every_command_refuses_a_folder_that_is_not_one(tmp_path: Path) -> None:
+    write_extract(tmp_path / "x", "2024-01", [row("a")])
+    typo = tmp_path / "stroe"
+    for command in (
+        ["run", "--month", "2024-01", "--extracts", str(tmp_path / "x")],
+        ["backfill", "--from", "2024-01", "--extracts", str(tmp_path / "x")],
+        ["check", "--month", "2024-01", "--extracts", str(tmp_path / "x")],
+        ["status"],
+        ["explain", "--month", "2024-01", "--subscriber", "a"],
+    ):
+        code, output = invoke(*command, "--store", str(typo))
+        assert code == 2, command
+        line = one_error_line(output)
+        assert str(typo) in line and "billing-tiers init --store" in line, line
+    assert not typo.exists()  # nothing was created
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    code, output = invoke("status", "--store", str(tmp_path / "other"))
+    assert code == 2 and "not an initialised store" in one_error_line(output)
+    code, output = invoke("init", "--store", str(tmp_path / "other"))
+    assert code == 2 and "exists and is not empty" in one_error_line(output)
+    code, output = invoke("init", "--store", str(tmp_path / "new"))
+    assert code == 0 and "created" in output
+    code, output = invoke("init", "--store", str(tmp_path / "new"))
+    assert code == 0 and "already a store" in output
+
+
+def test_status_check_exits_3_for_a_missing_store_and_a_store_that_is_behind(tmp_path: Path) -> None:
+    code, output = invoke("status", "--store", str(tmp_path / "missing"), "--check")
+    assert code == 3 and "does not exist" in one_error_line(output)
+    store = new_store(tmp_path / "s")
+    write_extract(tmp_path / "x", "2024-01", [row("a")])
+    code, output = invoke("status", "--store", str(store), "--extracts", str(tmp_path / "x"), "--check")
+    assert code == 3
+    assert "behind: extracts under" in output and "2024-01" in output
+    code, output = invoke("status", "--store", str(store), "--extracts", str(tmp_path / "x"), "--json")
+    import json
+
+    assert json.loads(output)["behind"] == ["2024-01"]
+
+
+def test_version_and_flags_without_value_placeholders() -> None:
+    code, output = invoke("--version")
+    assert code == 0 and output.startswith("billing-tiers ")
+    code, output = invoke("run", "--help")
+    (line,) = [line for line in output.splitlines() if "--override-guards" in line]
+    assert "<bool>" not in line
+
+
+def test_a_prefect_server_that_does_not_answer_is_one_line(tmp_path: Path, monkeypatch: object) -> None:
+    import pytest
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    write_extract(tmp_path / "x", "2024-01", [row("a")])
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    code, output = invoke(
+        "run", "--month", "2024-01", "--extracts", str(tmp_path / "x"), "--store", str(new_store(tmp_path / "s"))
+    )
+    assert code == 2
+    assert "the Prefect server at http://127.0.0.1:9/api does not answer" in one_error_line(output)

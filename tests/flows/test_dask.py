@@ -29,6 +29,7 @@ import pytest
 
 from flows.monthly import backfill_tiers
 from schemas.contract import TABLES
+from tests.stores import new_store
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "extracts"
@@ -186,7 +187,7 @@ def assert_same_tables(store: Path, reference: Path, last_month: str) -> None:
 @pytest.fixture(scope="module")
 def in_process_store(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: the same months in this process, one bucket a month, no Dask."""
-    store = tmp_path_factory.mktemp("in-process")
+    store = new_store(tmp_path_factory.mktemp("in-process"))
     backfill_tiers(start=MONTHS[0], end=MONTHS[-1], extracts=str(SAMPLE), store=str(store), buckets=1)
     return store
 

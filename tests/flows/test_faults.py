@@ -29,6 +29,7 @@ from flows import bucket, monthly, run_month
 from schemas.contract import TABLES
 from tests.billing_tiers.test_store import STEPS
 from tests.extract_factory import write_history
+from tests.stores import new_store
 
 MONTHS = ["2024-01", "2024-02", "2024-03", "2024-04", "2024-05"]
 BUCKETS = 3
@@ -45,7 +46,7 @@ def extracts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def clean_store(extracts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("clean")
+    store = new_store(tmp_path_factory.mktemp("clean"))
     monthly.backfill_tiers(start=MONTHS[0], extracts=str(extracts), store=str(store))
     return store
 
@@ -74,7 +75,7 @@ def assert_readable(store: Path) -> None:
 
 @pytest.fixture(scope="module")
 def three_months(extracts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("three")
+    store = new_store(tmp_path_factory.mktemp("three"))
     monthly.backfill_tiers(start=MONTHS[0], end=MONTHS[2], extracts=str(extracts), store=str(store), buckets=BUCKETS)
     return store
 
@@ -174,7 +175,7 @@ def test_a_backfill_that_dies_half_way_marks_later_months_stale(
 def test_random_runs_crashes_and_reruns_end_in_the_clean_store(
     crashes: list[tuple[int, str]], extracts: Path, clean_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    store = tmp_path_factory.mktemp("random")
+    store = new_store(tmp_path_factory.mktemp("random"))
     original = Store.commit
     for start, step in crashes:
         Store.commit = functools.partialmethod(original, fail_at=step)  # type: ignore[method-assign]
@@ -213,7 +214,7 @@ def test_kill_9_of_a_real_backfill_then_rerun_gives_identical_tables(
     from prefect.settings import PREFECT_API_URL
 
     api_url = str(PREFECT_API_URL.value())
-    store = tmp_path / "store"
+    store = new_store(tmp_path / "store")
     process = _cli(store, extracts, api_url, "backfill", "--from", MONTHS[0], "--buckets", str(BUCKETS))
     time.sleep(delay)
     os.killpg(process.pid, signal.SIGKILL)
@@ -248,7 +249,7 @@ def test_kill_9_at_a_chosen_publish_moment_with_several_buckets(
     through the swaps; readers then see whole table-months and a rerun converges."""
     from prefect.settings import PREFECT_API_URL
 
-    store = tmp_path / "store"
+    store = new_store(tmp_path / "store")
     staging = store / "_staging"
 
     def reached() -> bool:

@@ -13,6 +13,7 @@ from billing_tiers.history import store_status
 from billing_tiers.store import Store
 from flows.monthly import backfill_tiers, monthly_tiers
 from schemas.contract import TABLES
+from tests.stores import new_store
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "extracts"
 FIRST, LAST = "2024-01", "2026-03"
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 @pytest.fixture(scope="module")
 def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("store")
+    store = new_store(tmp_path_factory.mktemp("store"))
     before = _fingerprint(SAMPLE)
     backfill_tiers(start=FIRST, extracts=str(SAMPLE), store=str(store))
     assert _fingerprint(SAMPLE) == before, "the extracts folder must never be written to"
@@ -125,7 +126,7 @@ def _month(label: str):  # type: ignore[no-untyped-def]
 def test_a_quarantined_subscriber_counts_as_absent_and_as_present_for_the_guard(tmp_path: Path) -> None:
     from tests.extract_factory import row, write_extract
 
-    extracts, store = tmp_path / "x", tmp_path / "s"
+    extracts, store = tmp_path / "x", new_store(tmp_path / "s")
     others = [row(f"o{i:03d}", "10.00") for i in range(150)]
     write_extract(extracts, "2024-01", [row("q", "900.00"), *others])
     write_extract(extracts, "2024-02", [row("q", "900.00", customer_type="VIP"), *others])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -117,3 +118,65 @@ def test_a_guard_failure_publishes_nothing_and_leaves_no_staging(tmp_path: Path)
 
 def test_the_automatic_bucket_count_grows_with_the_extract() -> None:
     assert [automatic_buckets(n) for n in (1, 250_000, 250_001, 10_000_000)] == [1, 1, 2, 40]
+
+
+def _run(store: Path, extracts: Path, month: str, build_on: str | None, **options: Any) -> dict[str, Any]:
+    return run_month(
+        store=Store(store),
+        extracts=extracts,
+        month=dt.date.fromisoformat(f"{month}-01"),
+        build_on=dt.date.fromisoformat(f"{build_on}-01") if build_on else None,
+        rulebook=load_rulebook(),
+        rulebook_path=None,
+        **{"override_guards": False, **options},
+    )
+
+
+def test_a_month_that_replaces_a_published_one_publishes_what_changed(tmp_path: Path) -> None:
+    extracts = tmp_path / "x"
+    others = [row(f"o{i}", "10.00") for i in range(30)]
+    write_extract(extracts, "2024-01", [row("up", "100.00"), row("same", "100.00"), row("gone", "5.00"), *others])
+    first = _run(tmp_path / "s", extracts, "2024-01", None, buckets=2)
+    assert first["changes_by_program"] is None and "changes" not in first["tables"]
+    # a corrected extract: "up" billed enough for silver, "gone" was never there, "new" was missing
+    write_extract(extracts, "2024-01", [row("up", "900.00"), row("same", "100.00"), row("new", "5.00"), *others])
+    second = _run(tmp_path / "s", extracts, "2024-01", None, buckets=3)
+    changes = pl.read_parquet(Store(tmp_path / "s").month_dir("changes", dt.date(2024, 1, 1)))
+    vip = changes.filter(pl.col("program") == "unicom_vip").sort("subscriber_id")
+    assert vip.select(
+        "subscriber_id", "change", "level_before", "level_after", "action_before", "action_after"
+    ).rows() == [
+        ("gone", "removed", None, None, "none", None),
+        ("new", "added", None, None, None, "none"),
+        ("up", "changed", None, "silver", "none", "new"),
+    ]
+    assert second["changes_by_program"]["unicom_vip"] == 3
+    assert "same" not in changes["subscriber_id"].to_list()
+    assert all(s.healthy for s in store_status(Store(tmp_path / "s")))
+
+
+def test_a_dry_run_publishes_nothing_and_a_guard_stop_leaves_the_rejected_rows(tmp_path: Path) -> None:
+    extracts = tmp_path / "x"
+    store = tmp_path / "s"
+    write_extract(extracts, "2024-01", [row(f"s{i}") for i in range(20)])
+    write_extract(extracts, "2024-02", [row(f"s{i}") for i in range(10)] + [row("bad", customer_type="VIP")])
+    manifest = _run(store, extracts, "2024-01", None, dry_run=True)
+    assert manifest["dry_run"] and manifest["tables"]["tier_assignments"]["rows"] == 80
+    assert Store(store).manifest_months() == [] and Store(store).pending_publishes() == []
+    _run(store, extracts, "2024-01", None, buckets=2)
+    from flows.run_month import GuardError
+
+    with pytest.raises(
+        GuardError, match=r"rejected rows in .*_rejected/billing_month=2024-02/quarantine.parquet"
+    ) as stop:
+        _run(store, extracts, "2024-02", "2024-01", buckets=2, dry_run=True)
+    assert stop.value.quarantine_by_rule == {"customer_type_allowed_value": 1}
+    rejected = pl.read_parquet(stop.value.rejected)
+    assert rejected.select("subscriber_id", "rule").rows() == [("bad", "customer_type_allowed_value")]
+    missing = pl.read_parquet(stop.value.rejected.parent / "missing_subscribers.parquet")
+    assert missing.height == 10
+    assert Store(store).rejected_months() == [dt.date(2024, 2, 1)]
+    assert Store(store).manifest_months() == [dt.date(2024, 1, 1)]
+    write_extract(extracts, "2024-02", [row(f"s{i}") for i in range(20)])
+    _run(store, extracts, "2024-02", "2024-01")
+    assert Store(store).rejected_months() == []  # the next attempt that passes the guards clears it
