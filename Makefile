@@ -21,6 +21,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 sample: install
+	$(BIN)/billing-tiers init --store $(STORE)
 	$(BIN)/billing-tiers backfill --from 2024-01 --store $(STORE)
 	$(BIN)/billing-tiers status --store $(STORE)
 

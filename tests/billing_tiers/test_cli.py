@@ -221,3 +221,20 @@ def test_a_prefect_server_that_does_not_answer_is_one_line(tmp_path: Path, monke
     )
     assert code == 2
     assert "the Prefect server at http://127.0.0.1:9/api does not answer" in one_error_line(output)
+
+
+def test_check_is_a_dry_run_exit_0_when_run_would_publish_2_when_a_guard_would_stop(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s")
+    extracts = tmp_path / "x"
+    write_extract(extracts, "2024-01", [row(f"s{i}") for i in range(50)] + [row("bad", status="closed")])
+    before = sorted(p.name for p in store.rglob("*") if p.is_file())
+    code, output = invoke("check", "--month", "2024-01", "--extracts", str(extracts), "--store", str(store))
+    assert code == 2
+    assert "guards: 1 of 51 rows quarantined" in output and "quarantined by status_allowed_value: 1" in output
+    assert f"rejected rows in {store}/_rejected/billing_month=2024-01/quarantine.parquet" in output
+    write_extract(extracts, "2024-01", [row(f"s{i}") for i in range(50)])
+    code, output = invoke("check", "--month", "2024-01", "--extracts", str(extracts), "--store", str(store))
+    assert code == 0, output
+    assert "check 2024-01: run would publish" in output and "unicom_vip" in output
+    files = sorted(p.name for p in store.rglob("*") if p.is_file() and not p.name.startswith(".lock"))
+    assert files == before  # nothing published, and the rejected rows of the failed attempt are gone

@@ -139,3 +139,18 @@ def test_a_quarantined_subscriber_counts_as_absent_and_as_present_for_the_guard(
     assert str(vip["billed_6m"]) == "900.00"
     quarantine = pl.read_parquet(Store(store).month_dir("quarantine", _month("2024-02")))
     assert quarantine.select("subscriber_id", "rule").rows() == [("q", "customer_type_allowed_value")]
+
+
+def test_a_backfill_outside_a_terminal_reports_each_month_with_the_time_left(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from billing_tiers.cli import app
+
+    store = new_store(tmp_path / "s")
+    result = CliRunner().invoke(
+        app, ["backfill", "--from", "2024-01", "--to", "2024-03", "--extracts", str(SAMPLE), "--store", str(store)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("backfill: month")]
+    assert [line.split(" (")[0] for line in lines] == [f"backfill: month {i} of 3" for i in (1, 2, 3)]
+    assert "2024-03) published" in lines[-1] and "s left" in lines[-1]
