@@ -274,7 +274,7 @@ def dask_cluster(tmp_path: Path) -> Iterator[Cluster]:
 def test_buckets_run_on_an_existing_dask_cluster_and_publish_the_in_process_tables(
     dask_cluster: Cluster, in_process_store: Path, api_url: str, tmp_path: Path
 ) -> None:
-    store = tmp_path / "store"
+    store = new_store(tmp_path / "store")
     run = _backfill(
         store,
         api_url,
@@ -298,7 +298,7 @@ def test_a_local_cluster_started_by_the_run_publishes_the_in_process_tables_and_
     in_process_store: Path, api_url: str, tmp_path: Path
 ) -> None:
     months = MONTHS[:3]
-    store = tmp_path / "store"
+    store = new_store(tmp_path / "store")
     run = _backfill(
         store, api_url, *("--from", months[0], "--to", months[-1], "--buckets", str(BUCKETS), "--dask-workers", "2")
     )
