@@ -54,7 +54,22 @@ REASONED_ACTIONS = (NEW, UPGRADE, RENEW, DOWNGRADE, LAPSE, TERMINATE)
 
 ISSUE, VOID = "issue", "void"
 CARD_EVENTS = (ISSUE, VOID)
-CARD_REASONS = ("new", "upgrade", "renewal", "replaced", "lapsed", "cancelled")
+CARD_REASONS = ("new", "upgrade", "renewal", "downgrade", "replaced", "downgraded", "lapsed", "cancelled")
+"""Issue: new, upgrade, renewal, downgrade. Void: replaced (a new card is issued in the same program by
+the same evaluation), downgraded (re-rated to a level with no card), lapsed, cancelled."""
+
+REASON_CODES = (
+    "threshold_met",
+    "threshold_missed",
+    "not_eligible",
+    "validity_ended",
+    "absent_too_long",
+    "cancelled",
+)
+"""The machine-readable ``reason_code`` of a tier row whose action changes the level (or renews it):
+threshold_met (new, upgrade, renew), threshold_missed and not_eligible (downgrade, lapse at the
+re-rating or on recompute), validity_ended (lapse after valid_until), absent_too_long (forgotten),
+cancelled (terminate)."""
 
 Retention = Literal["validity", "recompute", "permanent"]
 RETENTIONS: tuple[str, ...] = get_args(Retention)
@@ -184,8 +199,10 @@ TIER_ASSIGNMENTS = Table(
         "action": Column(pl.String(), checks={"isin": list(ACTIONS)}),
         "valid_from": _NULL_DATE,
         "valid_until": _NULL_DATE,
+        "effective_on": _NULL_DATE,
         "card_id": _NULL_STRING,
         "reason": _NULL_STRING,
+        "reason_code": Column(pl.String(), nullable=True, checks={"isin": list(REASON_CODES)}),
         "eligible": Column(pl.Boolean()),
         "present": Column(pl.Boolean()),
         "months_absent": Column(pl.Int32(), checks={"ge": 0}),
@@ -212,6 +229,7 @@ CARD_ISSUANCE = Table(
         "event": Column(pl.String(), checks={"isin": list(CARD_EVENTS)}),
         "reason": Column(pl.String(), checks={"isin": list(CARD_REASONS)}),
         "event_date": Column(pl.Date()),
+        "effective_on": Column(pl.Date()),
         "valid_from": _NULL_DATE,
         "valid_until": _NULL_DATE,
     },

@@ -211,6 +211,21 @@ def qualify_points(attrs: dict[str, Any]) -> str | None:
     return "unlocked" if balance >= MIN_POINTS_UNLOCKED else None
 
 
+def eligible(program: str, attrs: dict[str, Any]) -> bool:
+    """SPEC 4: each program's eligibility (the same conditions the qualify functions apply first)."""
+    if program == VIP:
+        return (
+            attrs["payment_type"] == "postpaid"
+            and attrs["account_class"] == "normal"
+            and attrs["plan_category"] == "standard"
+        )
+    if program == STAR:
+        return attrs["service_type"] == "mobile" and attrs["real_name_verified"] is True
+    if program == CREDIT:
+        return attrs["brand"] is not None
+    return True
+
+
 def rank(program: str, level: str | None) -> int:
     return -1 if level is None else LEVELS[program].index(level)
 
@@ -274,7 +289,11 @@ class ReferenceModel:
 
             for program in PROGRAMS:
                 held = known.memberships.get(program)
-                after, action, events = self._carry(program, held, qualified[program], b, cancelled, forgotten)
+                after, action, events, effective_on, code = self._carry(
+                    program, held, qualified[program], b, cancelled, forgotten
+                )
+                if code == "missed":
+                    code = "threshold_missed" if eligible(program, attrs) else "not_eligible"
                 tiers.append(
                     {
                         "program": program,
@@ -286,6 +305,8 @@ class ReferenceModel:
                         "action": action,
                         "valid_from": after.valid_from if after else None,
                         "valid_until": after.valid_until if after else None,
+                        "effective_on": effective_on,
+                        "reason_code": code,
                     }
                 )
                 for event, reason, membership in events:
@@ -297,6 +318,7 @@ class ReferenceModel:
                             "event": event,
                             "reason": reason,
                             "event_date": evaluated_on,
+                            "effective_on": effective_on,
                             "valid_from": membership.valid_from,
                             "valid_until": membership.valid_until,
                         }
@@ -319,9 +341,13 @@ class ReferenceModel:
         b: int,
         cancelled: bool,
         forgotten: bool,
-    ) -> tuple[Membership | None, str, list[tuple[str, str, Membership]]]:
-        """SPEC 5: (membership after, action, card events as (event, reason, membership))."""
+    ) -> tuple[Membership | None, str, list[tuple[str, str, Membership]], dt.date | None, str | None]:
+        """SPEC 5 as amended: (membership after, action, card events as (event, reason, membership),
+        effective_on, reason code; "missed" stands for threshold_missed or not_eligible)."""
         cards = CARD_LEVELS[program]
+        e_month = b + 1
+        evaluated_on = day_of(e_month, EVALUATION_DAY)
+        next_first = day_of(e_month + 1, 1)
 
         def void(reason: str) -> list[tuple[str, str, Membership]]:
             return [("void", reason, held)] if held is not None and held.level in cards else []
@@ -329,48 +355,60 @@ class ReferenceModel:
         def issue(reason: str, membership: Membership) -> list[tuple[str, str, Membership]]:
             return [("issue", reason, membership)] if membership.level in cards else []
 
+        def swap(issue_reason: str, after: Membership, no_card_void: str) -> list[tuple[str, str, Membership]]:
+            issued = issue(issue_reason, after)
+            return void("replaced" if issued else no_card_void) + issued
+
         if cancelled:
-            return (None, "terminate", void("cancelled")) if held else (None, "none", [])
+            return (None, "terminate", void("cancelled"), evaluated_on, "cancelled") if held else (
+                None, "none", [], None, None
+            )  # fmt: skip
         if forgotten:
-            return (None, "lapse", void("lapsed")) if held else (None, "none", [])
+            return (None, "lapse", void("lapsed"), evaluated_on, "absent_too_long") if held else (
+                None, "none", [], None, None
+            )  # fmt: skip
 
         retention = RETENTION[program]
         if retention == "permanent":
             if held:
-                return Membership(held.level), "retain", []
-            return (Membership(qualified), "new", []) if qualified else (None, "none", [])
+                return Membership(held.level), "retain", [], None, None
+            return (Membership(qualified), "new", [], evaluated_on, "threshold_met") if qualified else (
+                None, "none", [], None, None
+            )  # fmt: skip
 
         if retention == "recompute":
             if held is None:
-                return (Membership(qualified), "new", []) if qualified else (None, "none", [])
+                return (Membership(qualified), "new", [], evaluated_on, "threshold_met") if qualified else (
+                    None, "none", [], None, None
+                )  # fmt: skip
             if qualified is None:
-                return None, "lapse", []
+                return None, "lapse", [], evaluated_on, "missed"
             if rank(program, qualified) > rank(program, held.level):
-                return Membership(qualified), "upgrade", []
+                return Membership(qualified), "upgrade", [], evaluated_on, "threshold_met"
             if rank(program, qualified) < rank(program, held.level):
-                return Membership(qualified), "downgrade", []
-            return Membership(qualified), "retain", []
+                return Membership(qualified), "downgrade", [], evaluated_on, "missed"
+            return Membership(qualified), "retain", [], None, None
 
         assert retention == "validity"
-        e_month = b + 1
-        evaluated_on = day_of(e_month, EVALUATION_DAY)
         if held is None:
             if qualified is None:
-                return None, "none", []
+                return None, "none", [], None, None
             new = Membership(qualified, evaluated_on, day_of(e_month + VALIDITY_MONTHS, EXPIRY_DAY))
-            return new, "new", issue("new", new)
+            return new, "new", issue("new", new), evaluated_on, "threshold_met"
         assert held.valid_from is not None and held.valid_until is not None
+        day_after_expiry = held.valid_until + dt.timedelta(days=1)
         if held.valid_until < evaluated_on:
-            return None, "lapse", void("lapsed")
+            return None, "lapse", void("lapsed"), day_after_expiry, "validity_ended"
         if rank(program, qualified) > rank(program, held.level):
             assert qualified is not None
             up = Membership(qualified, evaluated_on, day_of(e_month + VALIDITY_MONTHS, EXPIRY_DAY))
-            return up, "upgrade", void("replaced") + issue("upgrade", up)
+            return up, "upgrade", swap("upgrade", up, "lapsed"), evaluated_on, "threshold_met"
         if e_month == index_of(held.valid_until) - 1:  # the re-rating one month before expiry
             if qualified is None:
-                return None, "lapse", void("lapsed")
+                return None, "lapse", void("lapsed"), day_after_expiry, "missed"
             renewed_until = day_of(index_of(held.valid_until) + VALIDITY_MONTHS, held.valid_until.day)
-            renewed = Membership(qualified, day_of(e_month + 1, 1), renewed_until)
-            action = "renew" if qualified == held.level else "downgrade"
-            return renewed, action, void("replaced") + issue("renewal", renewed)
-        return Membership(held.level, held.valid_from, held.valid_until), "retain", []
+            renewed = Membership(qualified, next_first, renewed_until)
+            if qualified == held.level:
+                return renewed, "renew", swap("renewal", renewed, "downgraded"), next_first, "threshold_met"
+            return renewed, "downgrade", swap("downgrade", renewed, "downgraded"), next_first, "missed"
+        return Membership(held.level, held.valid_from, held.valid_until), "retain", [], None, None

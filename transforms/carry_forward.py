@@ -196,9 +196,12 @@ def card_exprs(t: _Terms, card_levels: list[str], card_prefix: str) -> tuple[pl.
         .then(pl.lit("new"))
         .when(a == UPGRADE)
         .then(pl.lit("upgrade"))
-        .when(a.is_in([RENEW, DOWNGRADE]))
+        .when(a == RENEW)
         .then(pl.lit("renewal"))
+        .when(a == DOWNGRADE)
+        .then(pl.lit("downgrade"))
     )
+    issues_a_card = level_has_card & a.is_in([NEW, UPGRADE, RENEW, DOWNGRADE])
     void_reason = (
         pl.when(~previous_has_card)
         .then(pl.lit(None, dtype=pl.String))
@@ -206,8 +209,13 @@ def card_exprs(t: _Terms, card_levels: list[str], card_prefix: str) -> tuple[pl.
         .then(pl.lit("cancelled"))
         .when(a == LAPSE)
         .then(pl.lit("lapsed"))
-        .when(a.is_in([UPGRADE, RENEW, DOWNGRADE]))
+        .when(a.is_in([UPGRADE, RENEW, DOWNGRADE]) & issues_a_card)
         .then(pl.lit("replaced"))
+        .when(a == DOWNGRADE)
+        .then(pl.lit("downgraded"))
+        # an upgrade to a level without a card (a rulebook could say so): the old card just ends
+        .when(a == UPGRADE)
+        .then(pl.lit("lapsed"))
     )
     new_card_id = pl.concat_str(
         [pl.lit(f"{card_prefix}-"), t.evaluated_on.dt.strftime("%Y%m%d"), pl.lit("-"), pl.col("subscriber_id")]
@@ -220,6 +228,47 @@ def card_exprs(t: _Terms, card_levels: list[str], card_prefix: str) -> tuple[pl.
         .otherwise(pl.lit(None, dtype=pl.String))
     )
     return issue_reason, void_reason, card_id
+
+
+def effective_on_expr(t: _Terms, retention: Retention) -> pl.Expr:
+    """The day the decision takes effect (SPEC 5, effective dates): the card office acts on it, so a
+    member is never without a valid card between two cards. Null for none and retain."""
+    a = pl.col("action")
+    if retention != "validity":
+        return pl.when(a.is_in([NONE, RETAIN])).then(pl.lit(None, dtype=pl.Date)).otherwise(t.evaluated_on)
+    day_after_expiry = t.u.dt.offset_by("1d")
+    return (
+        pl.when(a.is_in([NEW, UPGRADE]))
+        .then(t.evaluated_on)
+        .when(a.is_in([RENEW, DOWNGRADE]))
+        .then(t.dates["renewal_from"])
+        .when(a == TERMINATE)
+        .then(t.evaluated_on)
+        .when((a == LAPSE) & pl.col("forgotten"))
+        .then(t.evaluated_on)
+        .when(a == LAPSE)
+        .then(day_after_expiry)
+        .otherwise(pl.lit(None, dtype=pl.Date))
+    )
+
+
+def reason_code_expr(t: _Terms, retention: Retention) -> pl.Expr:
+    """The reason as a code from :data:`schemas.contract.REASON_CODES` (for reasoned rows)."""
+    a = pl.col("action")
+    missed = pl.when(pl.col("eligible")).then(pl.lit("threshold_missed")).otherwise(pl.lit("not_eligible"))
+    return (
+        pl.when(a == TERMINATE)
+        .then(pl.lit("cancelled"))
+        .when((a == LAPSE) & pl.col("forgotten"))
+        .then(pl.lit("absent_too_long"))
+        .when(a.is_in([NEW, UPGRADE, RENEW]))
+        .then(pl.lit("threshold_met"))
+        .when((a == LAPSE) & pl.lit(retention == "validity") & (t.u < t.evaluated_on))
+        .then(pl.lit("validity_ended"))
+        .when(a.is_in([DOWNGRADE, LAPSE]))
+        .then(missed)
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
 
 
 def reason_expr(t: _Terms, retention: Retention, level_count: int, forget_after_months: int) -> pl.Expr:
@@ -297,6 +346,7 @@ def decide(
             _level_name(levels, level_index_expr(t, retention)).alias("level"),
             valid_from.alias("valid_from"),
             valid_until.alias("valid_until"),
+            effective_on_expr(t, retention).alias("effective_on"),
             t.evaluated_on.alias("evaluated_on"),
             _level_name(levels, t.q).alias("qualified_level"),
         )
@@ -307,6 +357,10 @@ def decide(
     reasons = (
         decided.filter(pl.col("action").is_in(REASONED_ACTIONS))
         .with_columns(**explanations)
-        .select(order_column, reason_expr(t, retention, len(levels), forget_after_months).alias("reason"))
+        .select(
+            order_column,
+            reason_expr(t, retention, len(levels), forget_after_months).alias("reason"),
+            reason_code_expr(t, retention).alias("reason_code"),
+        )
     )
     return decided.join(reasons, on=order_column, how="left", maintain_order="left")

@@ -12,7 +12,7 @@ from billing_tiers.errors import PipelineError
 from billing_tiers.history import store_status
 from billing_tiers.store import Store
 from flows.monthly import backfill_tiers, monthly_tiers
-from schemas.contract import TABLES
+from schemas.contract import CARD_REASONS, TABLES
 from tests.stores import new_store
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "extracts"
@@ -55,7 +55,7 @@ def test_every_action_of_every_retention_occurs_in_the_sample(sample_store: Path
     assert seen["cmcc_credit"] == {"none", "new", "upgrade", "downgrade", "retain", "lapse", "terminate"}
     assert seen["points_redemption"] == {"none", "new", "retain", "terminate", "lapse"}
     cards = read_all(sample_store, "card_issuance")
-    assert set(cards["reason"].unique()) == {"new", "upgrade", "renewal", "replaced", "lapsed", "cancelled"}
+    assert set(cards["reason"].unique()) == set(CARD_REASONS)
     assert cards.filter(pl.col("event") == "issue")["card_id"].is_unique().all()
     levels = tiers.filter(pl.col("program") == "unicom_vip")["level"].unique().drop_nulls()
     assert set(levels) == {"silver", "gold", "diamond", "supreme"}
@@ -154,3 +154,25 @@ def test_a_backfill_outside_a_terminal_reports_each_month_with_the_time_left(tmp
     lines = [line for line in result.output.splitlines() if line.startswith("backfill: month")]
     assert [line.split(" (")[0] for line in lines] == [f"backfill: month {i} of 3" for i in (1, 2, 3)]
     assert "2024-03) published" in lines[-1] and "s left" in lines[-1]
+
+
+def test_a_member_is_never_without_a_card_between_two_cards(sample_store: Path) -> None:
+    """SPEC 5 effective dates: the old card's void takes effect the day the new card does."""
+    cards = read_all(sample_store, "card_issuance")
+    swaps = cards.group_by("billing_month", "program", "subscriber_id").agg(
+        pl.col("effective_on").n_unique().alias("days"), pl.col("event").n_unique().alias("events")
+    )
+    assert swaps.filter(pl.col("events") == 2)["days"].unique().to_list() == [1]
+    tiers = read_all(sample_store, "tier_assignments")
+    renewed = tiers.filter(pl.col("action").is_in(["renew", "downgrade"]) & (pl.col("program") == "unicom_vip"))
+    assert (renewed["effective_on"] == renewed["valid_from"]).all()  # the first of the month after E
+    assert (
+        tiers.filter(pl.col("action").is_in(["none", "retain"]))["effective_on"].null_count()
+        == tiers.filter(pl.col("action").is_in(["none", "retain"])).height
+    )
+    coded = tiers.filter(pl.col("reason").is_not_null())
+    assert coded["reason_code"].null_count() == 0
+    assert (
+        tiers.filter(pl.col("reason").is_null())["reason_code"].null_count()
+        == tiers.filter(pl.col("reason").is_null()).height
+    )

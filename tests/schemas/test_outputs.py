@@ -23,8 +23,10 @@ def tier_row(**overrides: object) -> dict[str, object]:
         "action": "new",
         "valid_from": dt.date(2024, 2, 5),
         "valid_until": dt.date(2025, 2, 8),
+        "effective_on": dt.date(2024, 2, 5),
         "card_id": "VIP-20240205-s1",
         "reason": "avg_billed_6m 150.00 >= 150.00 (silver, mobile)",
+        "reason_code": "threshold_met",
         "eligible": True,
         "present": True,
         "months_absent": 0,
@@ -54,6 +56,7 @@ def test_a_good_table_has_no_problem_and_passes_the_full_pandera_model_too() -> 
     ("overrides", "rule"),
     [
         ({"action": "promote"}, "action: isin"),
+        ({"reason_code": "because"}, "reason_code: isin"),
         ({"program": None}, "program: null"),
         ({"subscriber_id": ""}, "subscriber_id: str_length"),
         ({"subscriber_id": "x" * 33}, "subscriber_id: str_length"),
@@ -83,6 +86,7 @@ def test_a_repeated_key_is_found_in_tables_not_unique_by_construction() -> None:
         "event": "issue",
         "reason": "new",
         "event_date": dt.date(2024, 2, 5),
+        "effective_on": dt.date(2024, 2, 5),
         "valid_from": dt.date(2024, 2, 5),
         "valid_until": dt.date(2025, 2, 8),
     }

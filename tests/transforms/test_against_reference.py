@@ -30,8 +30,20 @@ TIER_KEYS = [
     "action",
     "valid_from",
     "valid_until",
+    "effective_on",
+    "reason_code",
 ]
-CARD_KEYS = ["program", "subscriber_id", "level", "event", "reason", "event_date", "valid_from", "valid_until"]
+CARD_KEYS = [
+    "program",
+    "subscriber_id",
+    "level",
+    "event",
+    "reason",
+    "event_date",
+    "effective_on",
+    "valid_from",
+    "valid_until",
+]
 
 
 def _sort_key(item: dict[str, Any]) -> tuple[str, ...]:
@@ -325,7 +337,7 @@ def test_star_re_rating_to_normal_voids_without_issue_and_forgetting_beats_the_r
         D(2025, 2, 1),
         D(2026, 2, 8),
     )
-    assert engine.card_events("2024-12", "s", STAR) == [("void", "replaced", "silver")]
+    assert engine.card_events("2024-12", "s", STAR) == [("void", "downgraded", "silver")]
     assert tier(engine, "2025-12", "s", STAR) == ("normal", "normal", "normal", "renew", D(2026, 2, 1), D(2027, 2, 8))
     assert engine.card_events("2025-12", "s", STAR) == []
     assert tier(engine, "2024-12", "r", STAR) == ("silver", "silver", "silver", "renew", D(2025, 2, 1), D(2026, 2, 8))
@@ -343,9 +355,9 @@ def test_upgrade_wins_over_the_re_rating_and_cancellation_over_both() -> None:
     assert tier(engine, "2024-12", "u", VIP) == ("gold", "silver", "gold", "upgrade", D(2025, 1, 5), D(2026, 1, 8))
     assert tier(engine, "2024-12", "x", VIP) == (None, "silver", None, "terminate", None, None)
     assert engine.card_events("2024-12", "x", VIP) == [("void", "cancelled", "silver")]
-    # star gold (cum 3000.00, month 3000.00 in 2024-01) re-rated with month_paid 50.00: silver, renewal card
+    # star gold (cum 3000.00, month 3000.00 in 2024-01) re-rated with month_paid 50.00: silver, downgrade card
     assert tier(engine, "2024-12", "d", STAR) == ("silver", "gold", "silver", "downgrade", D(2025, 2, 1), D(2026, 2, 8))
-    assert engine.card_events("2024-12", "d", STAR) == [("void", "replaced", "gold"), ("issue", "renewal", "silver")]
+    assert engine.card_events("2024-12", "d", STAR) == [("void", "replaced", "gold"), ("issue", "downgrade", "silver")]
 
 
 def test_eleven_absent_months_keep_the_state_and_the_twelfth_forgets() -> None:

@@ -100,7 +100,7 @@ def test_within_validity_a_level_never_falls() -> None:
         assert r["card_id"] == "VIP-20240205-s"
 
 
-def test_re_rating_downgrade_issues_a_renewal_card_at_the_lower_level() -> None:
+def test_re_rating_downgrade_issues_a_downgrade_card_at_the_lower_level() -> None:
     engine = Engine()
     bills = ["2700.00"] + ["0.00"] * 10 + ["1000.00"]  # diamond, then silver-level spend in the window
     for month, billed in zip(months_from("2024-01", 12), bills, strict=True):
@@ -115,7 +115,7 @@ def test_re_rating_downgrade_issues_a_renewal_card_at_the_lower_level() -> None:
     assert (r["valid_from"], r["valid_until"]) == (date("2025-02-01"), date("2026-02-08"))
     assert engine.card_events("2024-12", "d", VIP) == [
         ("void", "replaced", "diamond"),
-        ("issue", "renewal", "silver"),
+        ("issue", "downgrade", "silver"),
     ]
     assert r["reason"].startswith("re-rating before expiry 2025-02-08: avg_billed_6m 166.66 < 450.00 (diamond")
 
@@ -155,6 +155,9 @@ def test_lapse_when_validity_ended_before_the_evaluation_needs_a_hand_made_state
     r = engine.row("2024-02", "h", VIP)
     assert (r["action"], r["level"], r["qualified_level"]) == ("lapse", None, "gold")
     assert r["reason"] == "validity ended 2024-02-08 before the evaluation on 2024-03-05"
+    assert (r["effective_on"], r["reason_code"]) == (date("2024-02-09"), "validity_ended")  # U + 1 day
+    (void,) = engine.cards["2024-02"].filter(pl.col("program") == VIP).to_dicts()
+    assert void["effective_on"] == date("2024-02-09")
     assert engine.card_events("2024-02", "h", VIP) == [("void", "lapsed", "silver")]
     engine.run("2024-03", [row("h", "900.00")])
     assert engine.row("2024-03", "h", VIP)["action"] == "new"
@@ -213,7 +216,7 @@ def test_star_normal_to_silver_issues_without_void_and_re_rating_to_normal_voids
         engine.run(month, [row("st", "0.00")])
     down = engine.row("2025-01", "st", STAR)
     assert (down["action"], down["level"], down["card_id"]) == ("downgrade", "normal", None)
-    assert engine.card_events("2025-01", "st", STAR) == [("void", "replaced", "silver")]
+    assert engine.card_events("2025-01", "st", STAR) == [("void", "downgraded", "silver")]
 
 
 def test_recompute_program_follows_the_score_every_month() -> None:
