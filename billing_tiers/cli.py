@@ -167,6 +167,11 @@ def _print_summary(manifests: list[dict[str, Any]]) -> None:
                 f"; rows changed from the version replaced: {manifest['changes_by_program']}"
                 if manifest.get("changes_by_program") is not None
                 else ""
+            )
+            + (
+                "; the rulebook differs from the one the previous month was built with"
+                if (manifest.get("rulebook") or {}).get("changed_from_previous")
+                else ""
             ),
             highlight=False,
         )
@@ -187,6 +192,15 @@ def _writer(store: Path, rulebook: Path | None, command: str) -> Iterator[Any]:
         for line in the_store.recover():
             errors.print(f"store {store}: {line}", markup=False, highlight=False)
         yield the_store
+
+
+def _refuse_rulebook(store: Any, build_on: dt.date | None, rulebook: Path | None) -> None:
+    """A rulebook that drops a program or level members hold stops the command before anything runs."""
+    from billing_tiers.history import rulebook_refusal
+
+    refusal = rulebook_refusal(store, build_on, load_rulebook(rulebook))
+    if refusal:
+        raise PipelineError(refusal)
 
 
 def _reading(store: Path) -> Any:
@@ -256,6 +270,7 @@ def check(
         _check_extract_footers(extracts, [target])
         with _writer(store, rulebook, f"check --month {month}") as the_store:
             plan = plan_run(the_store, target)
+            _refuse_rulebook(the_store, plan.build_on, rulebook)
             try:
                 return run_month(
                     store=the_store,
@@ -312,7 +327,7 @@ def run(
         target = parse_month(month)
         _check_extract_footers(extracts, [target])
         with _writer(store, rulebook, f"run --month {month}") as the_store:
-            plan_run(the_store, target)
+            _refuse_rulebook(the_store, plan_run(the_store, target).build_on, rulebook)
             monthly = _start_prefect(debug)
             flow = monthly.monthly_tiers.with_options(
                 task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
@@ -352,6 +367,7 @@ def backfill(
         last = parse_month(end) if end else None
         with _writer(store, rulebook, f"backfill --from {start}") as the_store:
             plan = plan_backfill(the_store, extracts, first, last)
+            _refuse_rulebook(the_store, plan.build_on, rulebook)
             _check_extract_footers(extracts, plan.months)
             monthly = _start_prefect(debug)
             flow = monthly.backfill_tiers.with_options(

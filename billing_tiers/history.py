@@ -16,6 +16,7 @@ from typing import Any
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import add_months, month_label
 from billing_tiers.store import Store, extract_months, sha256_file
+from rulebook import Rulebook
 
 
 @dataclass(frozen=True)
@@ -163,3 +164,32 @@ def plan_backfill(store: Store, extracts: Path, start: dt.date, end: dt.date | N
         raise PipelineError(f"month {month_label(missing[0])}: no extract folder under {extracts}")
     statuses = store_status(store, verify_checksums=False)
     return Plan(months=months, build_on=_build_on(statuses, start))
+
+
+def rulebook_refusal(store: Store, build_on: dt.date | None, rulebook: Rulebook) -> str | None:
+    """Why ``rulebook`` may not evaluate the month after ``build_on``: it no longer has a program or a
+    level that members hold after that month (SPEC 8). None when it may. Reads only the manifest."""
+    if build_on is None:
+        return None
+    manifest = store.read_manifest(build_on)
+    if manifest is None:
+        return None
+    held: dict[tuple[str, str], int] = {}
+    for row in manifest.get("summary", []):
+        if row["level"] is not None:
+            key = (row["program"], row["level"])
+            held[key] = held.get(key, 0) + row.get("subscribers", row.get("len", 0))
+    programs = rulebook.enabled_programs()
+    problems = []
+    for (program, level), members in sorted(held.items()):
+        if program not in programs:
+            problems.append(f"program {program} ({members} members hold {level}) is not in the rulebook or disabled")
+        elif level not in programs[program].levels:
+            problems.append(f"program {program} has no level {level}, which {members} members hold")
+    if not problems:
+        return None
+    return (
+        f"rulebook {rulebook.checksum[:12]} cannot evaluate the month after {month_label(build_on)}: "
+        + "; ".join(problems)
+        + " (keep the program and level, or backfill from a month before they were held)"
+    )

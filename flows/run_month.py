@@ -265,6 +265,12 @@ def run_month(
     shutil.rmtree(store.rejected_file(month).parent, ignore_errors=True)  # the guards hold now
     for breach in breaches:
         log.warning("month %s: guard overridden by the operator: %s", label, breach)
+    rulebook_changed = (
+        previous_manifest is not None and (previous_manifest.get("rulebook") or {}).get("sha256") != rulebook.checksum
+    )
+    if rulebook_changed:
+        previous_label = previous_manifest["billing_month"] if previous_manifest else "?"
+        log.warning("month %s: the rulebook differs from the one %s was built with", label, previous_label)
     rows_read = sum(r.rows_read for r in results)
     duplicates = rows_read - guards.rows_after_duplicates
     ignored = sorted({column for f in split for column in f.ignored_columns})
@@ -294,6 +300,7 @@ def run_month(
         "rulebook": {
             "path": str(rulebook_path) if rulebook_path else "(bundled default)",
             "sha256": rulebook.checksum,
+            "changed_from_previous": rulebook_changed,
         },
         "inputs": [f.as_dict() for f in split],
         "ignored_columns": ignored,

@@ -238,3 +238,38 @@ def test_check_is_a_dry_run_exit_0_when_run_would_publish_2_when_a_guard_would_s
     assert "check 2024-01: run would publish" in output and "unicom_vip" in output
     files = sorted(p.name for p in store.rglob("*") if p.is_file() and not p.name.startswith(".lock"))
     assert files == before  # nothing published, and the rejected rows of the failed attempt are gone
+
+
+def test_a_rulebook_that_drops_a_held_level_or_program_is_refused_naming_it(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from billing_tiers.store import Store
+    from flows.run_month import run_month
+    from rulebook import default_rulebook_path, load_rulebook
+
+    store = new_store(tmp_path / "s")
+    extracts = tmp_path / "x"
+    write_extract(extracts, "2024-01", [row("rich", "1000.00"), row("poor", "1.00")])
+    write_extract(extracts, "2024-02", [row("rich", "1000.00"), row("poor", "1.00")])
+    run_month(
+        store=Store(store),
+        extracts=extracts,
+        month=dt.date(2024, 1, 1),
+        build_on=None,
+        rulebook=load_rulebook(),
+        rulebook_path=None,
+        override_guards=False,
+    )
+    default = default_rulebook_path().read_text()
+    no_vip = tmp_path / "no-vip.toml"
+    no_vip.write_text(
+        default.replace("[programs.unicom_vip]\nenabled = true", "[programs.unicom_vip]\nenabled = false", 1)
+    )
+    where = ["--extracts", str(extracts), "--store", str(store)]
+    code, output = invoke("run", "--month", "2024-02", *where, "--rulebook", str(no_vip))
+    assert code == 2
+    line = one_error_line(output)
+    assert "program unicom_vip (1 members hold silver) is not in the rulebook or disabled" in line, line
+    code, output = invoke("check", "--month", "2024-02", *where, "--rulebook", str(no_vip))
+    assert code == 2 and "unicom_vip" in one_error_line(output)
+    assert Store(store).manifest_months() == [dt.date(2024, 1, 1)]

@@ -126,9 +126,8 @@ def _run(store: Path, extracts: Path, month: str, build_on: str | None, **option
         extracts=extracts,
         month=dt.date.fromisoformat(f"{month}-01"),
         build_on=dt.date.fromisoformat(f"{build_on}-01") if build_on else None,
-        rulebook=load_rulebook(),
         rulebook_path=None,
-        **{"override_guards": False, **options},
+        **{"override_guards": False, "rulebook": load_rulebook(), **options},
     )
 
 
@@ -180,3 +179,17 @@ def test_a_dry_run_publishes_nothing_and_a_guard_stop_leaves_the_rejected_rows(t
     write_extract(extracts, "2024-02", [row(f"s{i}") for i in range(20)])
     _run(store, extracts, "2024-02", "2024-01")
     assert Store(store).rejected_months() == []  # the next attempt that passes the guards clears it
+
+
+def test_the_manifest_flags_a_rulebook_that_differs_from_the_previous_months(tmp_path: Path) -> None:
+    from rulebook import default_rulebook_path, parse_rulebook
+
+    extracts = tmp_path / "x"
+    for month in ("2024-01", "2024-02", "2024-03"):
+        write_extract(extracts, month, [row("a"), row("b")])
+    changed = parse_rulebook(default_rulebook_path().read_text() + "\n# a comment changes the checksum\n")
+    first = _run(tmp_path / "s", extracts, "2024-01", None)
+    second = _run(tmp_path / "s", extracts, "2024-02", "2024-01", rulebook=changed)
+    third = _run(tmp_path / "s", extracts, "2024-03", "2024-02", rulebook=changed)
+    flags = [m["rulebook"]["changed_from_previous"] for m in (first, second, third)]
+    assert flags == [False, True, False]
