@@ -274,10 +274,11 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
             month_end=month_end(job.month),
             rulebook=job.rulebook,
         )
-        tier, cards, next_state, next_memberships = pl.collect_all(evaluated.frames())
+        tier, cards, next_state, next_memberships, members_at_risk = pl.collect_all(evaluated.frames())
         tables = {
             "tier_assignments": tier,
             "card_issuance": cards,
+            "at_risk": members_at_risk,
             "quarantine": clean.quarantine,
             "state": next_state,
             "memberships": next_memberships,

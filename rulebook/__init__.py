@@ -70,6 +70,8 @@ class Calendar(_Strict):
     evaluation_day: DayOfMonth = 5
     expiry_day: DayOfMonth = 8
     validity_months: PositiveInt = 12
+    at_risk_horizon_months: PositiveInt = 3
+    """A member is at risk when its level is re-rated at one of this many next evaluations (SPEC 8)."""
 
 
 class Metrics(_Strict):

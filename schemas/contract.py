@@ -341,6 +341,23 @@ EXTRACT_PRESENCE = Table(
 )
 
 
+AT_RISK = Table(
+    name="at_risk",
+    grain="One row per validity-program member whose level is re-rated within the horizon while its "
+    "qualified level this month is below the level held.",
+    columns={
+        "program": Column(pl.String()),
+        "subscriber_id": Column(pl.String()),
+        "level": Column(pl.String()),
+        "valid_until": Column(pl.Date()),
+        "rerated_on": Column(pl.Date()),
+        "months_to_rerating": Column(pl.Int32(), checks={"ge": 1}),
+        "qualified_level": _LEVEL,
+        "needed_next_month": Column(_MONEY, nullable=True, checks={"ge": 0}),
+    },
+    unique=("program", "subscriber_id"),
+)
+
 CHANGED_FIELDS = ("level", "action", "valid_from", "valid_until", "card_id")
 """A correction shows a member when any of these differs from what was published before (SPEC 8)."""
 
@@ -365,7 +382,7 @@ CHANGES = Table(
 def published_tables(window_months: int = DEFAULT_WINDOW_MONTHS, programs: tuple[str, ...] = ()) -> dict[str, Table]:
     """Every table a month publishes, each hive-partitioned by ``billing_month`` and split in bucket parts."""
     state = state_table(window_months, programs)
-    tables = (TIER_ASSIGNMENTS, CARD_ISSUANCE, QUARANTINE, state, MEMBERSHIPS, EXTRACT_PRESENCE)
+    tables = (TIER_ASSIGNMENTS, CARD_ISSUANCE, AT_RISK, QUARANTINE, state, MEMBERSHIPS, EXTRACT_PRESENCE)
     return {table.name: table for table in tables}
 
 

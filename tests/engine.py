@@ -35,6 +35,7 @@ class Engine:
     memberships: pl.DataFrame = field(default_factory=pl.DataFrame)
     tiers: dict[str, pl.DataFrame] = field(default_factory=dict)
     cards: dict[str, pl.DataFrame] = field(default_factory=dict)
+    at_risk: dict[str, pl.DataFrame] = field(default_factory=dict)
 
     def run(self, month: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
         start = parse_month(month)
@@ -45,8 +46,9 @@ class Engine:
             month_end=month_end(start),
             rulebook=self.rulebook,
         )
-        tier, cards, state, memberships = pl.collect_all(tables.frames())
+        tier, cards, state, memberships, at_risk = pl.collect_all(tables.frames())
         self.state, self.memberships = state, memberships
+        self.at_risk[month] = at_risk
         self.tiers[month], self.cards[month] = tier, cards
         return tier
 

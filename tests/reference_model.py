@@ -23,6 +23,7 @@ EXPIRY_DAY = 8
 VALIDITY_MONTHS = 12
 WINDOW_MONTHS = 6
 FORGET_AFTER_MONTHS = 12
+AT_RISK_HORIZON_MONTHS = 3
 
 VIP = "unicom_vip"
 STAR = "unicom_star"
@@ -150,6 +151,7 @@ class MonthResult:
     month: str
     tiers: list[dict[str, Any]]
     cards: list[dict[str, Any]]
+    at_risk: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- qualification (SPEC 4)
@@ -249,6 +251,7 @@ class ReferenceModel:
 
         tiers: list[dict[str, Any]] = []
         cards: list[dict[str, Any]] = []
+        at_risk: list[dict[str, Any]] = []
         next_state: dict[str, Known] = {}
         for subscriber_id in sorted(set(self.state) | set(by_id)):
             row = by_id.get(subscriber_id)
@@ -327,11 +330,48 @@ class ReferenceModel:
                     known.memberships.pop(program, None)
                 else:
                     known.memberships[program] = after
+                risk = self._at_risk(program, after, qualified[program], b, attrs, known, billed_6m)
+                if risk is not None and not (cancelled or forgotten):
+                    at_risk.append({"program": program, "subscriber_id": subscriber_id, **risk})
 
             if not (cancelled or forgotten):
                 next_state[subscriber_id] = known
         self.state = next_state
-        return MonthResult(month, tiers, cards)
+        return MonthResult(month, tiers, cards, at_risk)
+
+    @staticmethod
+    def _at_risk(
+        program: str,
+        after: Membership | None,
+        qualified: str | None,
+        b: int,
+        attrs: dict[str, Any],
+        known: Known,
+        billed_6m_fen: int,
+    ) -> dict[str, Any] | None:
+        """SPEC 8: held after E(B), re-rated at E(B+k) for k in 1..3, qualified below the level."""
+        if RETENTION[program] != "validity" or after is None or after.valid_until is None:
+            return None
+        rerating = index_of(after.valid_until) - 1  # month(E(B+k)) = B + k + 1
+        k = rerating - (b + 1)
+        if not 1 <= k <= AT_RISK_HORIZON_MONTHS or rank(program, qualified) >= rank(program, after.level):
+            return None
+        needed: int | None = None
+        if eligible(program, attrs):
+            if program == VIP and not (after.level == "supreme" and attrs["customer_type"] != "group"):
+                oldest = known.billed_fen[-WINDOW_MONTHS] if len(known.billed_fen) >= WINDOW_MONTHS else 0
+                needed = VIP_MIN_AVG_FEN[after.level][attrs["service_type"]] * WINDOW_MONTHS - (billed_6m_fen - oldest)
+            elif program == STAR:
+                min_cum, min_month = STAR_MIN_PAID_FEN[after.level]
+                needed = max(min_month or 0, (min_cum or 0) - known.cum_paid_fen)
+        return {
+            "level": after.level,
+            "valid_until": after.valid_until,
+            "rerated_on": day_of(rerating, EVALUATION_DAY),
+            "months_to_rerating": k,
+            "qualified_level": qualified,
+            "needed_next_month": None if needed is None else Decimal(max(needed, 0)) / 100,
+        }
 
     def _carry(
         self,

@@ -13,6 +13,7 @@ import polars as pl
 
 from rulebook import AnyProgram, Rulebook
 from schemas.contract import (
+    BILLED_WINDOW,
     CARD_ISSUANCE,
     HELD_COLUMNS,
     ISSUE,
@@ -21,7 +22,9 @@ from schemas.contract import (
     VOID,
     held_columns,
     state_table,
+    window_columns,
 )
+from transforms.at_risk import at_risk
 from transforms.carry_forward import decide
 from transforms.metrics import carry_subscribers
 from transforms.qualification import explanations, qualify
@@ -43,9 +46,10 @@ class MonthTables:
     card_issuance: pl.LazyFrame
     state: pl.LazyFrame
     memberships: pl.LazyFrame
+    at_risk: pl.LazyFrame
 
     def frames(self) -> list[pl.LazyFrame]:
-        return [self.tier_assignments, self.card_issuance, self.state, self.memberships]
+        return [self.tier_assignments, self.card_issuance, self.state, self.memberships, self.at_risk]
 
 
 def _program_rows(
@@ -150,6 +154,18 @@ def evaluate_month(
     state_columns = list(state_table(rulebook.metrics.window_months, names).columns)
     next_state = subscribers.with_columns(held_after).filter(~pl.col("leaves")).select(state_columns)
     every_program = pl.concat(decided, how="vertical").lazy()
+    metrics = subscribers.select(RISK_METRICS + window_columns(BILLED_WINDOW, rulebook.metrics.window_months)[-1:])
+    risk = [
+        at_risk(
+            pl.concat([frame.select(RISK_DECISIONS), metrics], how="horizontal").lazy(),
+            program=program,
+            month=month,
+            calendar=rulebook.calendar,
+            metrics=rulebook.metrics,
+            horizon_months=rulebook.calendar.at_risk_horizon_months,
+        )
+        for frame, program in zip(decided, programs.values(), strict=True)
+    ]
     event_order = pl.col("event").replace_strict({VOID: 0, ISSUE: 1}, return_dtype=pl.Int32)
     return MonthTables(
         tier_assignments=_tier_row(every_program),
@@ -160,6 +176,7 @@ def evaluate_month(
         memberships=every_program.filter(~pl.col("leaves") & pl.col("level").is_not_null()).select(
             list(MEMBERSHIP_SCHEMA)
         ),
+        at_risk=pl.concat(risk, how="vertical"),
     )
 
 
@@ -190,6 +207,10 @@ def month_subscribers(
         average_divisor=rulebook.metrics.average_divisor,
     ).with_row_index(ORDER)
 
+
+RISK_DECISIONS = ["program", "subscriber_id", "level", "valid_until", "qualified_level", "eligible", "leaves"]
+RISK_METRICS = ["billed_6m_fen", "cum_paid_fen", "months_in_state", "service_type", "customer_type"]
+"""What the at-risk rows read: each program's decision beside the subscriber's metrics (same order)."""
 
 TIER_SOURCE_COLUMNS = (
     "program",

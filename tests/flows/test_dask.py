@@ -180,7 +180,7 @@ def assert_same_tables(store: Path, reference: Path, last_month: str) -> None:
     mine, theirs = contents(store), contents(reference, last_month)
     assert mine.keys() == theirs.keys() == set(TABLES)
     for table in TABLES:
-        assert theirs[table].height > 0, table
+        assert theirs[table].height > 0 or table == "at_risk", table  # no re-rating falls in the first months
         assert mine[table].equals(theirs[table]), table
 
 

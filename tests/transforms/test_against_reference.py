@@ -33,6 +33,16 @@ TIER_KEYS = [
     "effective_on",
     "reason_code",
 ]
+RISK_KEYS = [
+    "program",
+    "subscriber_id",
+    "level",
+    "valid_until",
+    "rerated_on",
+    "months_to_rerating",
+    "qualified_level",
+    "needed_next_month",
+]
 CARD_KEYS = [
     "program",
     "subscriber_id",
@@ -71,6 +81,11 @@ def run_both(first: str, monthly_rows: list[list[dict[str, Any]]]) -> tuple[Engi
             raise AssertionError(f"{month} tier rows differ\nengine:    {engine_only}\nreference: {reference_only}")
         assert engine_cards == expected_cards, (
             f"{month} card events differ\nengine:    {engine_cards}\nreference: {expected_cards}"
+        )
+        engine_risk = _rows(engine.at_risk[month], RISK_KEYS)
+        expected_risk = sorted(expected.at_risk, key=_sort_key)
+        assert engine_risk == expected_risk, (
+            f"{month} at-risk rows differ\nengine:    {engine_risk}\nreference: {expected_risk}"
         )
     return engine, reference
 
