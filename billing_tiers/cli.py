@@ -464,9 +464,11 @@ def explain(
     subscriber: Annotated[str, typer.Option("--subscriber", help="subscriber_id")],
     program: Annotated[str | None, typer.Option("--program", help="Only this program.")] = None,
     store: StoreOption = Path("data/store"),
+    rulebook: RulebookOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Say why a subscriber has the level it has in a month: metrics, thresholds, action."""
+    """Say why a subscriber has the level it has in a month: metrics, thresholds, action, what holds a
+    retained level, which eligibility condition fails, and for a quarantined row which rule broke."""
 
     def action() -> list[dict[str, Any]]:
         the_store = _reading(store)
@@ -483,11 +485,18 @@ def explain(
             )
         return rows.to_dicts()
 
-    for row in _guarded(debug, action):
+    from billing_tiers.member import failing_condition, last_seen_attributes, why_held
+
+    rows = _guarded(debug, action)
+    the_store = _reading(store)
+    target = parse_month(month)
+    rules = _guarded(debug, lambda: load_rulebook(rulebook))
+    attributes = last_seen_attributes(the_store, target, subscriber)
+    for row in rows:
         console.print(f"[bold]{row['program']}[/bold] {subscriber} {month} (evaluated {row['evaluated_on']})")
         console.print(
             f"  action {row['action']}: {row['previous_level'] or 'none'} -> {row['level'] or 'none'}"
-            f" (qualified: {row['qualified_level'] or 'none'})",
+            f" (qualified: {row['qualified_level'] or 'none'}), effective {row['effective_on'] or '-'}",
             highlight=False,
         )
         if row["valid_until"]:
@@ -495,13 +504,84 @@ def explain(
                 f"  valid {row['valid_from']} .. {row['valid_until']}, card {row['card_id'] or '-'}",
                 highlight=False,
             )
-        console.print(f"  reason: {row['reason'] or '(level unchanged)'}", highlight=False, markup=False)
+        held = why_held(row)
+        reason = row["reason"] or held or "(level unchanged)"
+        code = f" [{row['reason_code']}]" if row["reason_code"] else ""
+        console.print(f"  reason{code}: {reason}", highlight=False, markup=False)
+        if not row["eligible"]:
+            failing = failing_condition(rules, row["program"], attributes) if attributes else None
+            console.print(
+                f"  not eligible: {failing or 'attributes not kept (the subscriber left the state)'}",
+                highlight=False,
+                markup=False,
+            )
         console.print(
             f"  billed_6m {row['billed_6m']}, avg_billed_6m {row['avg_billed_6m']}, month_paid {row['month_paid']},"
             f" cum_paid {row['cum_paid']}, tenure_years {row['tenure_years']}, suspensions_6m"
             f" {row['suspensions_6m']}, points {row['points_balance']}, score {row['score']},"
             f" present {row['present']}, eligible {row['eligible']}",
             highlight=False,
+        )
+    if rows and not rows[0]["present"]:
+        import polars as pl
+
+        quarantined = pl.scan_parquet(the_store.month_dir("quarantine", target) / "*.parquet")
+        found = quarantined.filter(pl.col("subscriber_id") == subscriber).collect()
+        for q in found.iter_rows(named=True):
+            console.print(
+                f"  quarantined this month: rule {q['rule']} in {q['source_file']} row {q['source_row']}"
+                f" ({q['broken_rules']})",
+                highlight=False,
+                markup=False,
+            )
+        if found.height == 0:
+            console.print("  absent this month: no row in the extract", highlight=False)
+
+
+@app.command()
+def history(
+    subscriber: Annotated[str, typer.Option("--subscriber", help="subscriber_id")],
+    program: Annotated[str | None, typer.Option("--program", help="Only this program.")] = None,
+    store: StoreOption = Path("data/store"),
+    debug: DebugOption = False,
+) -> None:
+    """Every published month of one member: levels, actions, validity, effective dates, metrics,
+    cards and quarantine reasons. Reads only the store."""
+    from billing_tiers.member import member_history
+
+    found = _guarded(debug, lambda: member_history(_reading(store), subscriber, program))
+    if found.tiers.height == 0 and found.quarantine.height == 0:
+        errors.print(f"error: store {store}: no published month has subscriber {subscriber!r}", markup=False)
+        raise typer.Exit(2)
+    columns = (
+        "billing_month", "action", "previous_level", "level", "qualified_level", "valid_from", "valid_until",
+        "effective_on", "card_id", "reason_code", "billed_6m", "avg_billed_6m", "month_paid", "cum_paid", "present",
+    )  # fmt: skip
+    for (name,), rows in found.tiers.group_by("program", maintain_order=True):
+        table = Table(title=f"{subscriber} in {name}")
+        for column in columns:
+            table.add_column(column)
+        for row in rows.iter_rows(named=True):
+            table.add_row(*["-" if row[c] is None else str(row[c]) for c in columns])
+        console.print(table)
+    if found.cards.height:
+        table = Table(title=f"{subscriber}: card events")
+        for column in ("billing_month", "program", "event", "reason", "level", "card_id", "effective_on"):
+            table.add_column(column)
+        for row in found.cards.iter_rows(named=True):
+            table.add_row(
+                *[
+                    str(row[c])
+                    for c in ("billing_month", "program", "event", "reason", "level", "card_id", "effective_on")
+                ]
+            )
+        console.print(table)
+    for row in found.quarantine.iter_rows(named=True):
+        console.print(
+            f"{row['billing_month']}: quarantined, rule {row['rule']} in {row['source_file']} row {row['source_row']}"
+            f" ({row['broken_rules']})",
+            highlight=False,
+            markup=False,
         )
 
 

@@ -273,3 +273,42 @@ def test_a_rulebook_that_drops_a_held_level_or_program_is_refused_naming_it(tmp_
     code, output = invoke("check", "--month", "2024-02", *where, "--rulebook", str(no_vip))
     assert code == 2 and "unicom_vip" in one_error_line(output)
     assert Store(store).manifest_months() == [dt.date(2024, 1, 1)]
+
+
+def test_explain_and_history_say_what_holds_a_level_what_fails_and_what_was_quarantined(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from billing_tiers.store import Store
+    from flows.run_month import run_month
+    from rulebook import load_rulebook
+
+    store = new_store(tmp_path / "s")
+    extracts = tmp_path / "x"
+    others = [row(f"o{i:03d}", "10.00") for i in range(120)]
+    write_extract(extracts, "2024-01", [row("v", "900.00"), row("p", payment_type="prepaid"), *others])
+    write_extract(
+        extracts, "2024-02", [row("v", "10.00", customer_type="VIP"), row("p", payment_type="prepaid"), *others]
+    )
+    for month, build_on in ((dt.date(2024, 1, 1), None), (dt.date(2024, 2, 1), dt.date(2024, 1, 1))):
+        run_month(
+            store=Store(store),
+            extracts=extracts,
+            month=month,
+            build_on=build_on,
+            rulebook=load_rulebook(),
+            rulebook_path=None,
+            override_guards=False,
+        )
+    where = ["--store", str(store)]
+    code, output = invoke("explain", "--month", "2024-02", "--subscriber", "v", "--program", "unicom_vip", *where)
+    assert code == 0, output
+    assert "held until 2025-02-08 by its validity" in output and "qualifies for silver" in output
+    assert "quarantined this month: rule customer_type_allowed_value in billing_month=2024-02/part-0.parquet" in output
+    code, output = invoke("explain", "--month", "2024-02", "--subscriber", "p", "--program", "unicom_vip", *where)
+    assert "not eligible: payment_type is prepaid, not in [postpaid]" in output
+    code, output = invoke("history", "--subscriber", "v", "--program", "unicom_vip", *where)
+    assert code == 0, output
+    assert "2024-01" in output and "2024-02" in output and "card events" in output
+    assert "2024-02: quarantined, rule customer_type_allowed_value" in output
+    code, output = invoke("history", "--subscriber", "nobody", *where)
+    assert code == 2 and "no published month has subscriber 'nobody'" in one_error_line(output)
