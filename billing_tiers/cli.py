@@ -539,6 +539,58 @@ def explain(
 
 
 @app.command()
+def simulate(
+    month: Annotated[str, typer.Option("--month", help="Billing month YYYY-MM.")],
+    rulebook: Annotated[Path, typer.Option("--rulebook", help="The rulebook TOML to try.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the simulated tables and the row diff (Parquet).")
+    ] = None,
+    extracts: ExtractsOption = Path("data/sample/extracts"),
+    store: StoreOption = Path("data/store"),
+    buckets: BucketsOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Evaluate a month on its published history with another rulebook; writes nothing to the store.
+
+    Prints per program the published and simulated level counts, the transition matrix and the card
+    events that would differ."""
+    from flows.simulate import simulate_month
+
+    def action() -> Any:
+        target = parse_month(month)
+        _check_extract_footers(extracts, [target])
+        return simulate_month(
+            store=_reading(store),
+            extracts=extracts,
+            month=target,
+            rulebook=load_rulebook(rulebook),
+            rulebook_path=rulebook,
+            buckets=buckets,
+            out=out,
+        )
+
+    result = _guarded(debug, action)
+    if not result.published:
+        console.print(f"{month} is not published: showing the simulated counts only", highlight=False)
+    for title, frame in (
+        ("level counts: published vs simulated", result.level_counts),
+        ("transitions: published level -> simulated level", result.transitions),
+        ("card events that would differ", result.card_differences),
+    ):
+        table = Table(title=f"{month}: {title}")
+        for column in frame.columns:
+            table.add_column(column)
+        for row in frame.iter_rows():
+            table.add_row(*["-" if value is None else str(value) for value in row])
+        console.print(table)
+    console.print(
+        f"{result.changed_rows} tier rows would change; {result.card_differences.height} card events differ"
+        + (f"; simulated tables and diff written to {out}" if out else ""),
+        highlight=False,
+    )
+
+
+@app.command()
 def history(
     subscriber: Annotated[str, typer.Option("--subscriber", help="subscriber_id")],
     program: Annotated[str | None, typer.Option("--program", help="Only this program.")] = None,

@@ -63,7 +63,13 @@ def new_run_id(month: dt.date) -> str:
 
 
 def _parts_by_bucket(
-    store: Store, month: dt.date, manifest: dict[str, Any], tables: Sequence[str], buckets: int, run_id: str
+    store: Store,
+    month: dt.date,
+    manifest: dict[str, Any],
+    tables: Sequence[str],
+    buckets: int,
+    run_id: str,
+    scratch: Store,
 ) -> list[dict[str, tuple[PartRef, ...]]]:
     """For each bucket, the parts of a published month's ``tables`` that belong to it.
 
@@ -84,11 +90,11 @@ def _parts_by_bucket(
                 "_bucket", as_dict=True, include_key=False
             )
             for (bucket,), piece in split.items():
-                folder = store.scratch_previous_dir(run_id, table, int(bucket))
+                folder = scratch.scratch_previous_dir(run_id, table, int(bucket))
                 folder.mkdir(parents=True, exist_ok=True)
                 piece.write_parquet(folder / f"{index:05d}.parquet", compression="lz4")
         for bucket in range(buckets):
-            folder = store.scratch_previous_dir(run_id, table, bucket)
+            folder = scratch.scratch_previous_dir(run_id, table, bucket)
             pieces = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
             per_bucket[bucket][table] = tuple(PartRef(piece, None) for piece in pieces)
     return per_bucket
@@ -173,13 +179,16 @@ def run_month(
     run_id: str | None = None,
     dry_run: bool = False,
     flow_run_id: str | None = None,
+    publish_into: Store | None = None,
 ) -> dict[str, Any]:
     """Evaluate and publish one month on top of the published ``build_on`` month (None: empty).
 
     Returns the manifest as published; with ``dry_run`` (``billing-tiers check``) everything but the
     publish, and the manifest it would have published. When a guard stops the month, the rejected
-    rows go to ``<store>/_rejected/`` and :class:`GuardError` says where. The caller holds the
-    store's writer lock."""
+    rows go to ``<store>/_rejected/`` and :class:`GuardError` says where. ``publish_into`` (for
+    ``simulate``) reads the history from ``store`` but stages and publishes into another store, so
+    ``store`` is not written at all. The caller holds the store's writer lock."""
+    target = publish_into or store
     log = logger or logging.getLogger(__name__)
     label = month_label(month)
     run_id = run_id or new_run_id(month)
@@ -208,7 +217,7 @@ def run_month(
                     root=extracts,
                     file_index=index,
                     buckets=count,
-                    bucket_dir=lambda bucket: store.scratch_extract_dir(run_id, bucket),
+                    bucket_dir=lambda bucket: target.scratch_extract_dir(run_id, bucket),
                 )
                 for index, path in enumerate(files)
             ]
@@ -217,9 +226,9 @@ def run_month(
         with step("load_previous_state"):
             previous: list[dict[str, tuple[PartRef, ...]]] = [{} for _ in range(count)]
             if build_on is not None and previous_manifest is not None:
-                previous = _parts_by_bucket(store, build_on, previous_manifest, CARRIED_TABLES, count, run_id)
+                previous = _parts_by_bucket(store, build_on, previous_manifest, CARRIED_TABLES, count, run_id, target)
             replaced = (
-                _parts_by_bucket(store, month, replaced_manifest, [TIER_ASSIGNMENTS.name], count, run_id)
+                _parts_by_bucket(store, month, replaced_manifest, [TIER_ASSIGNMENTS.name], count, run_id, target)
                 if replaced_manifest is not None
                 else None
             )
@@ -228,11 +237,11 @@ def run_month(
                 month=month,
                 bucket=bucket,
                 buckets=count,
-                extract_dir=store.scratch_extract_dir(run_id, bucket),
+                extract_dir=target.scratch_extract_dir(run_id, bucket),
                 source_files=tuple(f.file for f in split),
                 previous=previous[bucket],
-                staged_dirs={table: store.staged_table_dir(run_id, table) for table in STORE_TABLES},
-                missing_dir=store.scratch_missing_dir(run_id),
+                staged_dirs={table: target.staged_table_dir(run_id, table) for table in STORE_TABLES},
+                missing_dir=target.scratch_missing_dir(run_id),
                 replaced=replaced[bucket].get(TIER_ASSIGNMENTS.name, ()) if replaced is not None else None,
                 tag=tag,
                 rulebook=rulebook,
@@ -251,7 +260,7 @@ def run_month(
         )
         breaches = guards.breaches()
         if breaches and not override_guards:
-            rejected = _write_rejected(store, run_id, month)
+            rejected = _write_rejected(target, run_id, month)
             raise GuardError(
                 f"month {label}: guard failed, nothing published: {'; '.join(breaches)}; "
                 f"rejected rows in {rejected} (rerun with --override-guards to publish anyway)",
@@ -260,9 +269,9 @@ def run_month(
                 rejected=rejected,
             )
     except BaseException:
-        store.discard(run_id)
+        target.discard(run_id)
         raise
-    shutil.rmtree(store.rejected_file(month).parent, ignore_errors=True)  # the guards hold now
+    shutil.rmtree(target.rejected_file(month).parent, ignore_errors=True)  # the guards hold now
     for breach in breaches:
         log.warning("month %s: guard overridden by the operator: %s", label, breach)
     rulebook_changed = (
@@ -329,13 +338,13 @@ def run_month(
         "bucket_seconds_summed": {name: round(value, 3) for name, value in sorted(bucket_seconds.items())},
     }
     if dry_run:
-        store.discard(run_id)
+        target.discard(run_id)
         timings["total"] = round(time.perf_counter() - run_started, 3)
         return manifest
     publish_started = time.perf_counter()
     timings["publish"] = 0.0
     timings["total"] = 0.0
-    written = store.commit(
+    written = target.commit(
         month, run_id, manifest, before_manifest=_finish_timings(timings, publish_started, run_started)
     )
     tables = written["tables"]

@@ -312,3 +312,45 @@ def test_explain_and_history_say_what_holds_a_level_what_fails_and_what_was_quar
     assert "2024-02: quarantined, rule customer_type_allowed_value" in output
     code, output = invoke("history", "--subscriber", "nobody", *where)
     assert code == 2 and "no published month has subscriber 'nobody'" in one_error_line(output)
+
+
+def test_simulate_writes_nothing_to_the_store_and_shows_what_another_rulebook_would_change(tmp_path: Path) -> None:
+    import datetime as dt
+
+    import polars as pl
+
+    from billing_tiers.store import Store
+    from flows.run_month import run_month
+    from rulebook import default_rulebook_path, load_rulebook
+
+    store = new_store(tmp_path / "s")
+    extracts = tmp_path / "x"
+    members = [row("low", "130.00"), row("high", "900.00"), *[row(f"o{i}", "10.00") for i in range(20)]]
+    write_extract(extracts, "2024-01", members)
+    run_month(
+        store=Store(store),
+        extracts=extracts,
+        month=dt.date(2024, 1, 1),
+        build_on=None,
+        rulebook=load_rulebook(),
+        rulebook_path=None,
+        override_guards=False,
+    )
+    cheaper = tmp_path / "cheaper.toml"
+    cheaper.write_text(default_rulebook_path().read_text().replace('mobile = "150.00"', 'mobile = "20.00"', 1))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in store.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    code, output = invoke(
+        "simulate", "--month", "2024-01", "--rulebook", str(cheaper), "--extracts", str(extracts),
+        "--store", str(store), "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, output
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in store.rglob("*") if p.is_file()}
+    assert after == before and not (store / ".lock").exists()
+    assert "level counts: published vs simulated" in output and "card events that would differ" in output
+    diff = pl.read_parquet(out / "diff.parquet").filter(pl.col("program") == "unicom_vip")
+    assert diff.select("subscriber_id", "level_before", "level_after").sort("subscriber_id").rows() == [
+        ("low", None, "silver")
+    ]
+    simulated = pl.read_parquet(out / "tier_assignments.parquet")
+    assert simulated.filter(pl.col("subscriber_id") == "low", pl.col("program") == "unicom_vip")["level"][0] == "silver"
