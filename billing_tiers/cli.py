@@ -539,6 +539,27 @@ def explain(
 
 
 @app.command()
+def report(
+    month: Annotated[str, typer.Option("--month", help="Billing month YYYY-MM.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML file (default: <store>/manifests/billing_month=B/report.html).")
+    ] = None,
+    store: StoreOption = Path("data/store"),
+    debug: DebugOption = False,
+) -> None:
+    """Write the month's report: one self-contained HTML file (charts and tables; opens offline)."""
+
+    def action() -> Path:
+        from billing_tiers.report import default_report_path, write_month_report
+
+        the_store = _reading(store)
+        billing_month = parse_month(month)
+        return write_month_report(the_store, billing_month, out or default_report_path(the_store, billing_month))
+
+    console.print(f"report written to {_guarded(debug, action)}", highlight=False, markup=False)
+
+
+@app.command()
 def simulate(
     month: Annotated[str, typer.Option("--month", help="Billing month YYYY-MM.")],
     rulebook: Annotated[Path, typer.Option("--rulebook", help="The rulebook TOML to try.")],

@@ -9,13 +9,14 @@ everywhere: correctness never depends on it.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import prefect.runtime.flow_run
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -25,7 +26,7 @@ from billing_tiers.history import Plan, plan_backfill, plan_run, rulebook_refusa
 from billing_tiers.months import parse_month
 from billing_tiers.store import Store
 from flows.bucket import BucketJob, BucketResult
-from flows.run_month import run_month, summary_frame
+from flows.run_month import run_month
 from rulebook import load_rulebook
 
 
@@ -65,6 +66,24 @@ def _map_as_tasks(work: Callable[[BucketJob], BucketResult], jobs: Sequence[Buck
     return [future.result() for future in futures]
 
 
+def _report(store: Store, month: dt.date, manifest: dict[str, Any], *, html: bool, logger: Any) -> None:
+    """The month's figures as a Prefect markdown artifact, and (for a run, or the last month of a
+    backfill: drawing the charts takes about 2 s) the HTML report beside the manifest. The month is
+    already published: a failure here is logged, and `billing-tiers report` can redo it."""
+    from billing_tiers.report import default_report_path, month_report_markdown, write_month_report
+
+    label = manifest["billing_month"]
+    try:
+        where = write_month_report(store, month, default_report_path(store, month)) if html else None
+        create_markdown_artifact(
+            key=f"tier-report-{label}",
+            markdown=month_report_markdown(store, month),
+            description=f"Month report {label} (run {manifest['run_id']})" + (f"; HTML: {where}" if where else ""),
+        )
+    except Exception as exc:
+        logger.warning("month %s: the month report could not be written: %s", label, exc)
+
+
 def _run_plan(
     plan: Plan,
     *,
@@ -96,12 +115,7 @@ def _run_plan(
             flow_run_id=str(prefect.runtime.flow_run.id) if prefect.runtime.flow_run.id else None,
         )
         progress.month_done(manifest["billing_month"])
-        create_table_artifact(
-            key=f"tier-summary-{manifest['billing_month']}",
-            table=summary_frame(manifest).to_dicts(),
-            description=f"Levels and actions per program, billing month {manifest['billing_month']} "
-            f"(run {manifest['run_id']})",
-        )
+        _report(store, month, manifest, html=month == plan.months[-1], logger=logger)
         manifests.append(manifest)
         build_on = month
     return manifests

@@ -176,3 +176,9 @@ def test_a_member_is_never_without_a_card_between_two_cards(sample_store: Path) 
         tiers.filter(pl.col("reason").is_null())["reason_code"].null_count()
         == tiers.filter(pl.col("reason").is_null()).height
     )
+
+
+def test_a_backfill_writes_the_html_report_of_its_last_month_beside_the_manifest(sample_store: Path) -> None:
+    last = sample_store / "manifests" / f"billing_month={LAST}" / "report.html"
+    assert last.is_file() and "<script" not in last.read_text(encoding="utf-8")
+    assert not (sample_store / "manifests" / f"billing_month={FIRST}" / "report.html").exists()
