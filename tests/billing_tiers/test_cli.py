@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from billing_tiers.cli import app
 from tests.extract_factory import row, write_extract
-from tests.stores import new_store
+from tests.stores import new_store, publish_months
 
 runner = CliRunner()
 
@@ -244,22 +244,13 @@ def test_a_rulebook_that_drops_a_held_level_or_program_is_refused_naming_it(tmp_
     import datetime as dt
 
     from billing_tiers.store import Store
-    from flows.run_month import run_month
-    from rulebook import default_rulebook_path, load_rulebook
+    from rulebook import default_rulebook_path
 
     store = new_store(tmp_path / "s")
     extracts = tmp_path / "x"
     write_extract(extracts, "2024-01", [row("rich", "1000.00"), row("poor", "1.00")])
     write_extract(extracts, "2024-02", [row("rich", "1000.00"), row("poor", "1.00")])
-    run_month(
-        store=Store(store),
-        extracts=extracts,
-        month=dt.date(2024, 1, 1),
-        build_on=None,
-        rulebook=load_rulebook(),
-        rulebook_path=None,
-        override_guards=False,
-    )
+    publish_months(store, extracts, ["2024-01"])
     default = default_rulebook_path().read_text()
     no_vip = tmp_path / "no-vip.toml"
     no_vip.write_text(
@@ -276,11 +267,6 @@ def test_a_rulebook_that_drops_a_held_level_or_program_is_refused_naming_it(tmp_
 
 
 def test_explain_and_history_say_what_holds_a_level_what_fails_and_what_was_quarantined(tmp_path: Path) -> None:
-    import datetime as dt
-
-    from billing_tiers.store import Store
-    from flows.run_month import run_month
-    from rulebook import load_rulebook
 
     store = new_store(tmp_path / "s")
     extracts = tmp_path / "x"
@@ -289,16 +275,7 @@ def test_explain_and_history_say_what_holds_a_level_what_fails_and_what_was_quar
     write_extract(
         extracts, "2024-02", [row("v", "10.00", customer_type="VIP"), row("p", payment_type="prepaid"), *others]
     )
-    for month, build_on in ((dt.date(2024, 1, 1), None), (dt.date(2024, 2, 1), dt.date(2024, 1, 1))):
-        run_month(
-            store=Store(store),
-            extracts=extracts,
-            month=month,
-            build_on=build_on,
-            rulebook=load_rulebook(),
-            rulebook_path=None,
-            override_guards=False,
-        )
+    publish_months(store, extracts, ["2024-01", "2024-02"])
     where = ["--store", str(store)]
     code, output = invoke("explain", "--month", "2024-02", "--subscriber", "v", "--program", "unicom_vip", *where)
     assert code == 0, output
@@ -315,27 +292,16 @@ def test_explain_and_history_say_what_holds_a_level_what_fails_and_what_was_quar
 
 
 def test_simulate_writes_nothing_to_the_store_and_shows_what_another_rulebook_would_change(tmp_path: Path) -> None:
-    import datetime as dt
 
     import polars as pl
 
-    from billing_tiers.store import Store
-    from flows.run_month import run_month
-    from rulebook import default_rulebook_path, load_rulebook
+    from rulebook import default_rulebook_path
 
     store = new_store(tmp_path / "s")
     extracts = tmp_path / "x"
     members = [row("low", "130.00"), row("high", "900.00"), *[row(f"o{i}", "10.00") for i in range(20)]]
     write_extract(extracts, "2024-01", members)
-    run_month(
-        store=Store(store),
-        extracts=extracts,
-        month=dt.date(2024, 1, 1),
-        build_on=None,
-        rulebook=load_rulebook(),
-        rulebook_path=None,
-        override_guards=False,
-    )
+    publish_months(store, extracts, ["2024-01"])
     cheaper = tmp_path / "cheaper.toml"
     cheaper.write_text(default_rulebook_path().read_text().replace('mobile = "150.00"', 'mobile = "20.00"', 1))
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in store.rglob("*") if p.is_file()}
