@@ -207,6 +207,17 @@ class SplitFile:
 
 BATCH_ROWS = 250_000
 """Rows normalized and split at a time: bounds the memory of reading an extract of any size."""
+ROWS_PER_SCRATCH_FILE = 10_000
+"""With many buckets, a batch grows so that each bucket's scratch file of a batch holds about this
+many rows: at 50M subscribers (198 buckets) 250k-row batches wrote 40,000 tiny files."""
+MAX_BATCH_ROWS = 2_000_000
+
+
+def batch_rows(buckets: int) -> int:
+    """How many rows to read and split at a time for ``buckets`` buckets."""
+    return min(MAX_BATCH_ROWS, max(BATCH_ROWS, buckets * ROWS_PER_SCRATCH_FILE))
+
+
 FILE_INDEX = "source_file_index"
 
 
@@ -222,7 +233,8 @@ def split_extract_file(
     rows_read = 0
     try:
         parquet = pq.ParquetFile(path)
-        for batch_number, batch in enumerate(parquet.iter_batches(batch_size=BATCH_ROWS, columns=wanted)):
+        batches = parquet.iter_batches(batch_size=batch_rows(buckets), columns=wanted)
+        for batch_number, batch in enumerate(batches):
             rows = _normalize(pa.Table.from_batches([batch]), month=month, where=where).with_columns(
                 pl.lit(file_index, dtype=pl.Int32).alias(FILE_INDEX),
                 pl.int_range(rows_read, rows_read + batch.num_rows, dtype=pl.Int64).alias(SOURCE_ROW),

@@ -266,12 +266,22 @@ def month_report_figures(store: Store, month: dt.date) -> ReportFigures:
         lambda r: (_program_key(r["program"]), _level_key(r["program"], r["level"]), r["billing_month"]),
     )
 
-    # (2) transitions from the month's tier rows
-    tiers = _month_columns(store, manifest, TIER_ASSIGNMENTS, month, ["program", "previous_level", "level"])
+    # (2) transitions: counted by the run itself (manifest), else from the month's tier rows
+    if manifest.get("transitions") is not None:
+        counted = pl.DataFrame(
+            manifest["transitions"],
+            schema={"program": pl.String, "previous_level": pl.String, "level": pl.String, "members": pl.Int64},
+        )
+    else:
+        counted = (
+            _month_columns(store, manifest, TIER_ASSIGNMENTS, month, ["program", "previous_level", "level"])
+            .group_by("program", "previous_level", "level")
+            .agg(members=pl.len().cast(pl.Int64))
+        )
     transitions = (
-        tiers.with_columns(pl.col("previous_level", "level").fill_null(NONE_LEVEL))
+        counted.with_columns(pl.col("previous_level", "level").fill_null(NONE_LEVEL))
         .group_by("program", "previous_level", "level")
-        .agg(members=pl.len().cast(pl.Int64))
+        .agg(pl.col("members").sum().cast(pl.Int64))
     )
     transitions = _sorted(
         transitions,
@@ -333,7 +343,7 @@ def month_report_figures(store: Store, month: dt.date) -> ReportFigures:
 
     programs = sorted(
         set(members["program"].to_list())
-        | set(tiers["program"].to_list())
+        | set(transitions["program"].to_list())
         | set(cards["program"].to_list())
         | set(risk_programs),
         key=_program_key,
@@ -955,6 +965,17 @@ def write_month_report(store: Store, month: dt.date, out: Path) -> Path:
     temporary.write_text(page, encoding="utf-8")
     os.replace(temporary, out)
     return out
+
+
+def write_report_and_markdown(store: Store, month: dt.date, out: Path | None) -> tuple[Path | None, str]:
+    """The HTML report at ``out`` (when given) and the Markdown, from one reading of the figures."""
+    figures = month_report_figures(store, month)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary = out.with_name(f".{out.name}.tmp")
+        temporary.write_text(month_report_html(figures), encoding="utf-8")
+        os.replace(temporary, out)
+    return out, _markdown_figures(figures)
 
 
 def default_report_path(store: Store, month: dt.date) -> Path:

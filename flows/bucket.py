@@ -91,6 +91,7 @@ class BucketResult:
     previous_subscribers: int
     missing_subscribers: int
     summary: list[dict[str, Any]]
+    transitions: list[dict[str, Any]]
     parts: dict[str, dict[str, Any]]
     changes_by_program: dict[str, int] | None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -285,6 +286,7 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
             "extract_presence": clean.presence,
         }
         summary = tier.group_by("program", "level", "action").agg(pl.len().alias("subscribers")).to_dicts()
+        transitions = tier.group_by("program", "previous_level", "level").agg(pl.len().alias("members")).to_dicts()
         changes_by_program = None
         if job.replaced is not None:
             before = [
@@ -310,6 +312,7 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
         previous_subscribers=previous_presence.height,
         missing_subscribers=missing.height,
         summary=summary,
+        transitions=transitions,
         parts=parts,
         changes_by_program=changes_by_program,
         seconds=seconds,

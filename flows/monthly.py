@@ -70,14 +70,14 @@ def _report(store: Store, month: dt.date, manifest: dict[str, Any], *, html: boo
     """The month's figures as a Prefect markdown artifact, and (for a run, or the last month of a
     backfill: drawing the charts takes about 2 s) the HTML report beside the manifest. The month is
     already published: a failure here is logged, and `billing-tiers report` can redo it."""
-    from billing_tiers.report import default_report_path, month_report_markdown, write_month_report
+    from billing_tiers.report import default_report_path, write_report_and_markdown
 
     label = manifest["billing_month"]
     try:
-        where = write_month_report(store, month, default_report_path(store, month)) if html else None
+        where, markdown = write_report_and_markdown(store, month, default_report_path(store, month) if html else None)
         create_markdown_artifact(
             key=f"tier-report-{label}",
-            markdown=month_report_markdown(store, month),
+            markdown=markdown,
             description=f"Month report {label} (run {manifest['run_id']})" + (f"; HTML: {where}" if where else ""),
         )
     except Exception as exc:

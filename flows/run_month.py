@@ -152,6 +152,19 @@ def _quarantine_by_rule(results: list[BucketResult]) -> dict[str, int]:
     return dict(sorted(by_rule.items()))
 
 
+def _transitions(results: list[BucketResult]) -> list[dict[str, Any]]:
+    """Members per (program, previous level, level), summed over buckets (the report's matrix)."""
+    counts: Counter[tuple[str, str | None, str | None]] = Counter()
+    for result in results:
+        for row in result.transitions:
+            counts[(row["program"], row["previous_level"], row["level"])] += row["members"]
+    order = lambda key: (key[0], key[1] or "", key[2] or "")  # noqa: E731
+    return [
+        {"program": program, "previous_level": before, "level": after, "members": counts[(program, before, after)]}
+        for program, before, after in sorted(counts, key=order)
+    ]
+
+
 def _summary(results: list[BucketResult]) -> list[dict[str, Any]]:
     counts: Counter[tuple[str, str | None, str]] = Counter()
     for result in results:
@@ -323,6 +336,7 @@ def run_month(
             "override_flag": override_guards,
         },
         "summary": _summary(results),
+        "transitions": _transitions(results),
         "tables": {
             table: {
                 "rows": sum(r.parts[table]["rows"] for r in results),

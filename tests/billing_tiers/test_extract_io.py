@@ -147,3 +147,11 @@ def test_decimal_money_beyond_64_bits_is_refused_naming_the_column() -> None:
     column = pa.chunked_array([pa.array([Decimal("1" + "0" * 30 + ".00")], pa.decimal128(38, 2))])
     with pytest.raises(PipelineError, match="billed_amount holds a value too large"):
         _money_to_fen(column, "x", "billed_amount")
+
+
+def test_batches_grow_with_the_bucket_count_within_bounds() -> None:
+    from billing_tiers.extract_io import batch_rows
+
+    assert [batch_rows(k) for k in (1, 8, 25, 40, 198, 1000)] == [
+        250_000, 250_000, 250_000, 400_000, 1_980_000, 2_000_000
+    ]  # fmt: skip
