@@ -196,11 +196,9 @@ def _writer(store: Path, rulebook: Path | None, command: str) -> Iterator[Any]:
 
 def _refuse_rulebook(store: Any, build_on: dt.date | None, rulebook: Path | None) -> None:
     """A rulebook that drops a program or level members hold stops the command before anything runs."""
-    from billing_tiers.history import rulebook_refusal
+    from billing_tiers.history import refuse_rulebook_change
 
-    refusal = rulebook_refusal(store, build_on, load_rulebook(rulebook))
-    if refusal:
-        raise PipelineError(refusal)
+    refuse_rulebook_change(store, build_on, load_rulebook(rulebook))
 
 
 def _reading(store: Path) -> Any:

@@ -166,14 +166,14 @@ def plan_backfill(store: Store, extracts: Path, start: dt.date, end: dt.date | N
     return Plan(months=months, build_on=_build_on(statuses, start))
 
 
-def rulebook_refusal(store: Store, build_on: dt.date | None, rulebook: Rulebook) -> str | None:
-    """Why ``rulebook`` may not evaluate the month after ``build_on``: it no longer has a program or a
-    level that members hold after that month (SPEC 8). None when it may. Reads only the manifest."""
+def refuse_rulebook_change(store: Store, build_on: dt.date | None, rulebook: Rulebook) -> None:
+    """PipelineError when ``rulebook`` no longer has a program or a level that members hold after
+    ``build_on`` (SPEC 8), naming program, level and member count. Reads only the manifest."""
     if build_on is None:
-        return None
+        return
     manifest = store.read_manifest(build_on)
     if manifest is None:
-        return None
+        return
     held: dict[tuple[str, str], int] = {}
     for row in manifest.get("summary", []):
         if row["level"] is not None:
@@ -186,10 +186,9 @@ def rulebook_refusal(store: Store, build_on: dt.date | None, rulebook: Rulebook)
             problems.append(f"program {program} ({members} members hold {level}) is not in the rulebook or disabled")
         elif level not in programs[program].levels:
             problems.append(f"program {program} has no level {level}, which {members} members hold")
-    if not problems:
-        return None
-    return (
-        f"rulebook {rulebook.checksum[:12]} cannot evaluate the month after {month_label(build_on)}: "
-        + "; ".join(problems)
-        + " (keep the program and level, or backfill from a month before they were held)"
-    )
+    if problems:
+        raise PipelineError(
+            f"rulebook {rulebook.checksum[:12]} cannot evaluate the month after {month_label(build_on)}: "
+            + "; ".join(problems)
+            + " (keep the program and level, or backfill from a month before they were held)"
+        )

@@ -322,7 +322,7 @@ class Store:
         """Publish whole frames as one-part tables (tools and tests); runs stage parts then :meth:`commit`."""
         entries = {}
         for table, frame in tables.items():
-            part = write_part(frame, self.staged_table_dir(run_id, table) / part_name(0, _tag(run_id)))
+            part = write_part(frame, self.staged_table_dir(run_id, table) / part_name(0, run_tag(run_id)))
             entries[table] = {"rows": frame.height, "parts": [part]}
         return self.commit(month, run_id, {**manifest, "tables": entries}, fail_at=fail_at)
 
@@ -451,13 +451,9 @@ class Store:
             lock.release()
 
 
-def _tag(run_id: str) -> str:
-    return hashlib.sha256(run_id.encode()).hexdigest()[:8]
-
-
 def run_tag(run_id: str) -> str:
     """The short tag that part file names of a run carry."""
-    return _tag(run_id)
+    return hashlib.sha256(run_id.encode()).hexdigest()[:8]
 
 
 def read_verified(path: Path, sha256: str | None, *, table: str, month: dt.date) -> pl.DataFrame:

@@ -220,13 +220,8 @@ def _read_previous(job: BucketJob, table: str, schema: dict[str, pl.DataType]) -
 def _read_previous_state(job: BucketJob) -> pl.DataFrame:
     """The bucket's previous state; a state written with another window length keeps its columns
     (the month's evaluation slides whatever window it finds)."""
-    frames = [
-        read_verified(ref.path, ref.sha256, table="state", month=job.month) for ref in job.previous.get("state", ())
-    ]
-    frames = [frame for frame in frames if frame.height]
-    if frames:
-        return pl.concat(frames)
-    return state_table(job.rulebook.metrics.window_months, tuple(job.rulebook.enabled_programs())).empty()
+    empty = state_table(job.rulebook.metrics.window_months, tuple(job.rulebook.enabled_programs()))
+    return _read_previous(job, empty.name, empty.schema)
 
 
 def validate_tables(tables: dict[str, pl.DataFrame], month: dt.date, rulebook: Rulebook) -> None:

@@ -22,7 +22,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from billing_tiers import progress
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import Plan, plan_backfill, plan_run, rulebook_refusal
+from billing_tiers.history import Plan, plan_backfill, plan_run, refuse_rulebook_change
 from billing_tiers.months import parse_month
 from billing_tiers.store import Store
 from flows.bucket import BucketJob, BucketResult
@@ -94,9 +94,7 @@ def _run_plan(
     buckets: int | None,
 ) -> list[dict[str, Any]]:
     rulebook = load_rulebook(rulebook_path)
-    refusal = rulebook_refusal(store, plan.build_on, rulebook)
-    if refusal:
-        raise PipelineError(refusal)
+    refuse_rulebook_change(store, plan.build_on, rulebook)
     logger = get_run_logger()
     manifests = []
     build_on = plan.build_on

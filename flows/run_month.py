@@ -49,11 +49,6 @@ def map_in_process(work: Callable[[BucketJob], BucketResult], jobs: Sequence[Buc
     return [work(job) for job in jobs]
 
 
-def extract_row_count(extracts: Path, month: dt.date) -> int:
-    """Rows in the month's extract files, from their footers (cheap)."""
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in extract_files(extracts, month))
-
-
 def automatic_buckets(rows: int) -> int:
     return max(1, math.ceil(rows / ROWS_PER_BUCKET))
 

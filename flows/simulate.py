@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import rulebook_refusal
+from billing_tiers.history import refuse_rulebook_change
 from billing_tiers.months import add_months, month_label
 from billing_tiers.store import Store
 from flows.run_month import run_month
@@ -56,9 +56,7 @@ def simulate_month(
     build_on = previous if previous in published_months else None
     if build_on is None and published_months and published_months[0] < month:
         raise PipelineError(f"month {month_label(month)} needs the published state of {month_label(previous)}")
-    refusal = rulebook_refusal(store, build_on, rulebook)
-    if refusal:
-        raise PipelineError(refusal)
+    refuse_rulebook_change(store, build_on, rulebook)
     published = store.read_manifest(month) is not None
     with tempfile.TemporaryDirectory(prefix="billing-tiers-simulate-") as folder:
         scratch = Store(Path(folder) / "store")

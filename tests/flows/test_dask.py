@@ -16,10 +16,8 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import pytest
 
 from flows.monthly import backfill_tiers
 from schemas.contract import TABLES
+from tests.processes import free_port, group_members, stop_group, wait_until_gone
 from tests.stores import new_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,57 +69,6 @@ def _dask(*args: str) -> list[str]:
     return [sys.executable, "-m", module, *args[1:]]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _group_members(pgid: int) -> list[int]:
-    """The live (not zombie) processes of a process group."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # no /proc: the group exists or not
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        return [pgid]
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, _parent, group = stat[stat.rindex(")") + 2 :].split()[:3]
-        if int(group) == pgid and state != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def _wait_until_gone(pgid: int, timeout: float) -> list[int]:
-    """Waits for a process group to empty; returns what is still there after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while (left := _group_members(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
-
-
-def _stop(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
-    """SIGTERM to the process group ``process`` leads, then SIGKILL to whatever is left of it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=20)
-    if _wait_until_gone(process.pid, 10):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-        _wait_until_gone(process.pid, 10)
-
-
 @dataclass(frozen=True)
 class CliRun:
     pid: int
@@ -146,9 +94,9 @@ def _backfill(store: Path, api_url: str, *args: str) -> CliRun:
     try:
         stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
     except subprocess.TimeoutExpired:
-        _stop(process)
+        stop_group(process, grace=20, settle=10)
         raise
-    left = _wait_until_gone(process.pid, 10)
+    left = wait_until_gone(process.pid, 10)
     if left:  # fail the test, but leave nothing running
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -218,7 +166,7 @@ def dask_cluster(tmp_path: Path) -> Iterator[Cluster]:
     minute after losing it."""
     from distributed import Client
 
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     logs = tmp_path / "dask-logs"
     logs.mkdir()
@@ -265,8 +213,8 @@ def dask_cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield Cluster(address, worker_logs, worker_pids)
     finally:
         for process in reversed(processes.values()):  # the workers, then the scheduler
-            _stop(process)
-    left = {name: members for name, process in processes.items() if (members := _group_members(process.pid))}
+            stop_group(process, grace=20, settle=10)
+    left = {name: members for name, process in processes.items() if (members := group_members(process.pid))}
     assert not left, f"Dask processes left behind: {left}"
 
 

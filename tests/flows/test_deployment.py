@@ -18,8 +18,6 @@ import datetime as dt
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +38,7 @@ from flows.scheduled import (
     target_month,
     wait_for_extract,
 )
+from tests.processes import free_port, group_members, stop_group, wait_until_gone
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "extracts"
@@ -185,52 +184,6 @@ def test_one_look_for_the_extract_names_the_month_until_a_parquet_file_is_there(
 
 
 # ============================================================== slow: a real server, worker, deployments
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _group_members(pgid: int) -> list[int]:
-    """The live processes of a process group."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            state, _parent, group = stat[stat.rindex(")") + 2 :].split()[:3]
-            if int(group) == pgid and state != "Z":
-                members.append(int(entry.name))
-    return members
-
-
-def _wait_until_gone(pgid: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := _group_members(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
-
-
-def _stop(process: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM to the process group ``process`` leads, then SIGKILL to whatever is left of it.
-
-    (A Prefect worker takes SIGTERM as a SIGINT to itself, and now and then does not finish
-    stopping: hence a short grace.)"""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    if _wait_until_gone(process.pid, 2):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        _wait_until_gone(process.pid, 10)
-
-
 @dataclass
 class Deployed:
     """A Prefect server, the process pool, both deployments and a worker, for this module."""
@@ -310,7 +263,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     home, logs, worker_dir, store = root / "prefect-home", root / "logs", root / "worker-cwd", root / "store"
     for folder in (home, logs, worker_dir):
         folder.mkdir()
-    port = _free_port()
+    port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
@@ -358,11 +311,11 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         yield deployed
     finally:
         for name, process in reversed(processes.items()):  # the worker first: it reports to the server
-            _stop(process, grace=10 if name == "worker" else 20)
-    left = {name: members for name, process in processes.items() if (members := _group_members(process.pid))}
+            stop_group(process, grace=10 if name == "worker" else 20, settle=2)
+    left = {name: members for name, process in processes.items() if (members := group_members(process.pid))}
     assert not left, f"Prefect processes left behind: {left}"
     assert deployed.flow_run_groups, "no flow-run process was seen"
-    running = {group: left for group in deployed.flow_run_groups if (left := _wait_until_gone(group, 10))}
+    running = {group: left for group in deployed.flow_run_groups if (left := wait_until_gone(group, 10))}
     assert not running, f"flow-run processes left behind: {running}"
 
 
