@@ -161,6 +161,19 @@ def swap_in(staged: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
+def publish_checkpoint(step: str) -> None:
+    """The seam where fault tests pause or fail the publish; does nothing in a run.
+
+    :meth:`Store.commit` calls it at each step of a month's publish, in this order: ``staged:<table>``
+    (once per table, its staged parts checked), ``before_journal``, ``after_journal`` (the commit
+    point has passed), ``moved:<table>`` (once per table, its folder swapped in), ``before_manifest``,
+    ``after_manifest`` (the staging folder is removed next). :meth:`Store.recover` reaches the
+    ``moved:``, ``before_manifest`` and ``after_manifest`` steps again when it rolls a publish forward.
+    The publish looks the function up in this module at each call, so a test replaces it with
+    ``monkeypatch.setattr(billing_tiers.store, "publish_checkpoint", ...)`` (see ``tests/faults.py``).
+    """
+
+
 @dataclass(frozen=True)
 class Store:
     """A store folder: where each table and manifest of each month lives."""
@@ -310,22 +323,6 @@ class Store:
 
     # ------------------------------------------------------------------ publish
 
-    def publish(
-        self,
-        month: dt.date,
-        run_id: str,
-        tables: Mapping[str, pl.DataFrame],
-        manifest: dict[str, Any],
-        *,
-        fail_at: str | None = None,
-    ) -> dict[str, Any]:
-        """Publish whole frames as one-part tables (tools and tests); runs stage parts then :meth:`commit`."""
-        entries = {}
-        for table, frame in tables.items():
-            part = write_part(frame, self.staged_table_dir(run_id, table) / part_name(0, run_tag(run_id)))
-            entries[table] = {"rows": frame.height, "parts": [part]}
-        return self.commit(month, run_id, {**manifest, "tables": entries}, fail_at=fail_at)
-
     def commit(
         self,
         month: dt.date,
@@ -333,13 +330,12 @@ class Store:
         manifest: dict[str, Any],
         *,
         before_manifest: Callable[[], None] | None = None,
-        fail_at: str | None = None,
     ) -> dict[str, Any]:
         """Publish the month whose parts are staged under ``_staging/<run_id>``; returns the manifest.
 
         ``manifest["tables"]`` names every staged part. ``before_manifest`` is called just before
-        the manifest is written (it may still update it, e.g. with the publish timing). ``fail_at``
-        names a step at which to raise (fault injection for tests; never set in runs).
+        the manifest is written (it may still update it, e.g. with the publish timing). Each step
+        passes through :func:`publish_checkpoint`.
         """
         staging = self.staging_dir(run_id)
         for table, entry in manifest["tables"].items():
@@ -350,13 +346,13 @@ class Store:
             if staged != expected:
                 raise PipelineError(f"month {month_label(month)}: staged {table} parts do not match the run's record")
             _fsync_dir(folder)
-            _maybe_fail(fail_at, f"staged:{table}")
+            publish_checkpoint(f"staged:{table}")
         _fsync_dir(staging)
         journal = {"month": month_label(month), "run_id": run_id, "manifest": manifest}
-        _maybe_fail(fail_at, "before_journal")
+        publish_checkpoint("before_journal")
         _write_bytes_atomically(staging / _JOURNAL, json.dumps(journal, indent=2).encode())
-        _maybe_fail(fail_at, "after_journal")
-        self._roll_forward(staging, live_manifest=manifest, before_manifest=before_manifest, fail_at=fail_at)
+        publish_checkpoint("after_journal")
+        self._roll_forward(staging, live_manifest=manifest, before_manifest=before_manifest)
         return manifest
 
     def _roll_forward(
@@ -365,7 +361,6 @@ class Store:
         *,
         live_manifest: dict[str, Any] | None = None,
         before_manifest: Callable[[], None] | None = None,
-        fail_at: str | None = None,
     ) -> None:
         """Finish a committed publish; safe to repeat after a crash at any point inside it."""
         journal = json.loads((staging / _JOURNAL).read_text(encoding="utf-8"))
@@ -380,15 +375,15 @@ class Store:
             published = {p.name for p in final.iterdir()} if final.is_dir() else None
             if published != expected:  # not swapped yet (after a swap, staged holds the old parts)
                 swap_in(staged, final)
-            _maybe_fail(fail_at, f"moved:{table}")
+            publish_checkpoint(f"moved:{table}")
         for table in STORE_TABLES:  # a table this run did not produce must not survive from an older run
             if table not in manifest["tables"]:
                 shutil.rmtree(self.month_dir(table, month), ignore_errors=True)
-        _maybe_fail(fail_at, "before_manifest")
+        publish_checkpoint("before_manifest")
         if before_manifest is not None:
             before_manifest()
         _write_bytes_atomically(self.manifest_file(month), json.dumps(manifest, indent=2).encode())
-        _maybe_fail(fail_at, "after_manifest")
+        publish_checkpoint("after_manifest")
         shutil.rmtree(staging)
 
     def discard(self, run_id: str) -> None:
@@ -472,12 +467,3 @@ def read_verified(path: Path, sha256: str | None, *, table: str, month: dt.date)
 _HELD_LOCKS: dict[Path, int] = {}
 """Stores whose writer lock this process holds, with the nesting depth: the lock is taken once,
 before Prefect starts, and every nested ``writer_lock`` of the same store shares it."""
-
-
-class InjectedFault(RuntimeError):
-    """Raised by fault injection in tests."""
-
-
-def _maybe_fail(fail_at: str | None, step: str) -> None:
-    if fail_at == step:
-        raise InjectedFault(f"injected fault at {step}")

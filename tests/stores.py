@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import polars as pl
 
 from billing_tiers.store import Store
 
@@ -33,3 +38,21 @@ def publish_months(store: Path, extracts: Path, months: list[str]) -> None:
             override_guards=False,
         )
         build_on = month
+
+
+def publish_frames(
+    store: Store,
+    month: dt.date,
+    run_id: str,
+    tables: Mapping[str, pl.DataFrame],
+    manifest: dict[str, Any],
+) -> dict[str, Any]:
+    """Publish whole frames as one-part table-months through the store's own commit; a run stages
+    its bucket parts itself and then commits (``flows/run_month.py``). Returns the manifest."""
+    from billing_tiers.store import part_name, run_tag, write_part
+
+    entries = {}
+    for table, frame in tables.items():
+        part = write_part(frame, store.staged_table_dir(run_id, table) / part_name(0, run_tag(run_id)))
+        entries[table] = {"rows": frame.height, "parts": [part]}
+    return store.commit(month, run_id, {**manifest, "tables": entries})

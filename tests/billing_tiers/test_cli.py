@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from billing_tiers.cli import app
 from tests.extract_factory import row, write_extract
-from tests.stores import new_store, publish_months
+from tests.stores import new_store, publish_frames, publish_months
 
 runner = CliRunner()
 
@@ -144,8 +144,8 @@ def test_status_reports_a_stale_month_and_check_makes_it_an_exit_code(tmp_path: 
     for month, run_id, built in (("2024-01", "a1", None), ("2024-02", "a2", "a1"), ("2024-01", "b1", None)):
         date = dt.date.fromisoformat(f"{month}-01")
         built_from = {"month": "2024-01" if built else None, "run_id": built}
-        store.publish(
-            date, run_id, {"state": frame}, {"billing_month": month, "run_id": run_id, "built_from": built_from}
+        publish_frames(
+            store, date, run_id, {"state": frame}, {"billing_month": month, "run_id": run_id, "built_from": built_from}
         )
     where = ["--store", str(store.root), "--extracts", str(tmp_path / "none")]
     code, output = invoke("status", *where)

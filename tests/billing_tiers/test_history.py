@@ -12,12 +12,14 @@ from billing_tiers.errors import PipelineError
 from billing_tiers.history import plan_backfill, plan_run, store_status
 from billing_tiers.store import Store
 from tests.extract_factory import row, write_extract
+from tests.stores import publish_frames
 
 
 def publish(store: Store, month: str, run_id: str, built_from: str | None, built_run: str | None) -> None:
     date = dt.date.fromisoformat(f"{month}-01")
     frame = pl.DataFrame({"subscriber_id": ["a"]})
-    store.publish(
+    publish_frames(
+        store,
         date,
         run_id,
         {"state": frame},

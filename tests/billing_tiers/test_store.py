@@ -9,8 +9,10 @@ import polars as pl
 import pytest
 
 from billing_tiers.history import store_status
-from billing_tiers.store import InjectedFault, Store
+from billing_tiers.store import Store
 from schemas.contract import TABLES
+from tests.faults import InjectedFault, before_the_commit_point, fail_at
+from tests.stores import publish_frames
 
 MONTH = dt.date(2024, 1, 1)
 STEPS = [
@@ -39,16 +41,16 @@ def snapshot(store: Store) -> dict[str, list[str]]:
 @pytest.mark.parametrize("step", STEPS)
 def test_a_fault_at_any_step_then_recovery_gives_old_or_new_never_a_mix(tmp_path: Path, step: str) -> None:
     store = Store(tmp_path)
-    store.publish(MONTH, "run-1", tables(1), manifest("run-1"))
+    publish_frames(store, MONTH, "run-1", tables(1), manifest("run-1"))
     old = snapshot(store)
-    with pytest.raises(InjectedFault):
-        store.publish(MONTH, "run-2", tables(2), manifest("run-2"), fail_at=step)
+    with pytest.raises(InjectedFault), fail_at(step):
+        publish_frames(store, MONTH, "run-2", tables(2), manifest("run-2"))
     for table in TABLES:  # whatever the step, every visible table-month is whole: one run's parts
         assert pl.read_parquet(store.month_dir(table, MONTH))["subscriber_id"].to_list() in (
             [f"{table}-1"],
             [f"{table}-2"],
         )
-    committed = STEPS.index(step) > STEPS.index("before_journal")
+    committed = not before_the_commit_point(step)
     if not committed:
         assert snapshot(store) == old
         assert store.read_manifest(MONTH)["run_id"] == "run-1"  # type: ignore[index]
@@ -66,7 +68,7 @@ def snapshot_of(version: int) -> dict[str, list[str]]:
 
 def test_read_table_refuses_a_file_that_does_not_match_its_manifest(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    store.publish(MONTH, "run-1", tables(1), manifest("run-1"))
+    publish_frames(store, MONTH, "run-1", tables(1), manifest("run-1"))
     (part,) = store.month_dir("state", MONTH).iterdir()
     pl.DataFrame({"subscriber_id": ["tampered"]}).write_parquet(part)
     with pytest.raises(Exception, match="state does not match its manifest"):
@@ -76,8 +78,8 @@ def test_read_table_refuses_a_file_that_does_not_match_its_manifest(tmp_path: Pa
 
 def test_staging_lives_outside_every_table_folder(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    with pytest.raises(InjectedFault):
-        store.publish(MONTH, "run-1", tables(1), manifest("run-1"), fail_at="before_journal")
+    with pytest.raises(InjectedFault), fail_at("before_journal"):
+        publish_frames(store, MONTH, "run-1", tables(1), manifest("run-1"))
     for table in TABLES:
         assert not store.table_dir(table).exists()
     assert store_status(store) == []
@@ -87,9 +89,7 @@ def parted(version: int, parts: int) -> dict[str, list[pl.DataFrame]]:
     return {t: [pl.DataFrame({"subscriber_id": [f"{t}-{version}-{b}"]}) for b in range(parts)] for t in TABLES}
 
 
-def publish_parts(
-    store: Store, run_id: str, frames: dict[str, list[pl.DataFrame]], *, fail_at: str | None = None
-) -> None:
+def publish_parts(store: Store, run_id: str, frames: dict[str, list[pl.DataFrame]]) -> None:
     """Stage several bucket parts per table, as a run does, then commit."""
     from billing_tiers.store import part_name, run_tag, write_part
 
@@ -100,20 +100,20 @@ def publish_parts(
             for bucket, frame in enumerate(parts)
         ]
         entries[table] = {"rows": len(parts), "parts": written}
-    store.commit(MONTH, run_id, {**manifest(run_id), "tables": entries}, fail_at=fail_at)
+    store.commit(MONTH, run_id, {**manifest(run_id), "tables": entries})
 
 
 @pytest.mark.parametrize("step", STEPS)
 def test_a_table_month_of_several_parts_is_never_seen_mixed(tmp_path: Path, step: str) -> None:
     store = Store(tmp_path)
     publish_parts(store, "run-1", parted(1, 3))
-    with pytest.raises(InjectedFault):
-        publish_parts(store, "run-2", parted(2, 4), fail_at=step)
+    with pytest.raises(InjectedFault), fail_at(step):
+        publish_parts(store, "run-2", parted(2, 4))
     for table in TABLES:  # a reader listing the folder sees one run's parts, all of them
         seen = sorted(pl.read_parquet(store.month_dir(table, MONTH))["subscriber_id"].to_list())
         assert seen in ([f"{table}-1-{b}" for b in range(3)], [f"{table}-2-{b}" for b in range(4)]), seen
     store.recover()
-    committed = STEPS.index(step) > STEPS.index("before_journal")
+    committed = not before_the_commit_point(step)
     expected = 4 if committed else 3
     assert all(len(list(store.month_dir(t, MONTH).iterdir())) == expected for t in TABLES)
     assert [s.problem for s in store_status(store)] == [None]
@@ -132,3 +132,24 @@ def test_a_swap_exchanges_whole_folders(tmp_path: Path) -> None:
     swap_in(tmp_path / "newer", tmp_path / "final")
     assert [p.name for p in (tmp_path / "final").iterdir()] == ["c.parquet"]
     assert [p.name for p in (tmp_path / "newer").iterdir()] == ["b.parquet"]  # the old folder, to remove
+
+
+def test_the_publish_passes_every_step_in_order_and_a_fault_comes_at_the_chosen_occurrence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STEPS (which the fault tests run through) is exactly what the seam reports, in order; a month
+    published a second time faults at the second occurrence, the first publish untouched."""
+    import billing_tiers.store
+
+    reached: list[str] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(billing_tiers.store, "publish_checkpoint", reached.append)
+        publish_parts(Store(tmp_path), "run-1", parted(1, 2))
+    assert reached == STEPS
+    store = Store(tmp_path / "second")
+    with pytest.raises(InjectedFault, match="after_journal"), fail_at("after_journal", occurrence=2):
+        publish_frames(store, MONTH, "run-1", tables(1), manifest("run-1"))
+        assert store.read_manifest(MONTH)["run_id"] == "run-1"  # type: ignore[index]
+        publish_frames(store, MONTH, "run-2", tables(2), manifest("run-2"))
+    store.recover()
+    assert snapshot(store) == snapshot_of(2)

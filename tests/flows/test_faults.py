@@ -8,7 +8,7 @@ shows that the bucket count never changes a row.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,11 +24,12 @@ from hypothesis import strategies as st
 
 from billing_tiers.errors import PipelineError
 from billing_tiers.history import store_status
-from billing_tiers.store import InjectedFault, Store
+from billing_tiers.store import Store
 from flows import bucket, monthly, run_month
 from schemas.contract import TABLES
 from tests.billing_tiers.test_store import STEPS
 from tests.extract_factory import write_history
+from tests.faults import InjectedFault, fail_at
 from tests.stores import new_store
 
 MONTHS = ["2024-01", "2024-02", "2024-03", "2024-04", "2024-05"]
@@ -101,7 +102,7 @@ def test_a_fault_at_any_step_keeps_the_store_readable_and_a_rerun_converges(
     store = tmp_path / "store"
     shutil.copytree(three_months, store)
     before = contents(store)
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch, contextlib.ExitStack() as faults:
         if step == "after_validation":
 
             def fail(*_: object) -> None:
@@ -109,7 +110,7 @@ def test_a_fault_at_any_step_keeps_the_store_readable_and_a_rerun_converges(
 
             patch.setattr(bucket, "validate_tables", fail)
         else:
-            patch.setattr(Store, "commit", functools.partialmethod(Store.commit, fail_at=step))
+            faults.enter_context(fail_at(step))
         with pytest.raises(InjectedFault):
             monthly.backfill_tiers(start=MONTHS[3], extracts=str(extracts), store=str(store), buckets=BUCKETS)
     assert_readable(store)
@@ -176,17 +177,14 @@ def test_random_runs_crashes_and_reruns_end_in_the_clean_store(
     crashes: list[tuple[int, str]], extracts: Path, clean_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     store = new_store(tmp_path_factory.mktemp("random"))
-    original = Store.commit
     for start, step in crashes:
-        Store.commit = functools.partialmethod(original, fail_at=step)  # type: ignore[method-assign]
         try:
             latest = [s.month for s in store_status(Store(store))]
             first = MONTHS[min(start, len(latest))]
-            monthly.backfill_tiers(start=first, extracts=str(extracts), store=str(store), buckets=BUCKETS)
+            with fail_at(step):
+                monthly.backfill_tiers(start=first, extracts=str(extracts), store=str(store), buckets=BUCKETS)
         except (InjectedFault, PipelineError):
             pass
-        finally:
-            Store.commit = original  # type: ignore[method-assign]
         assert_readable(store)
     statuses = store_status(Store(store))
     first_bad = next((s.month for s in statuses if not s.healthy), None)
