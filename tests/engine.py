@@ -36,6 +36,11 @@ class Engine:
     tiers: dict[str, pl.DataFrame] = field(default_factory=dict)
     cards: dict[str, pl.DataFrame] = field(default_factory=dict)
     at_risk: dict[str, pl.DataFrame] = field(default_factory=dict)
+    states: dict[str, pl.DataFrame] = field(default_factory=dict)
+    memberships_by_month: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state = empty_state(self.rulebook.metrics.window_months).collect()
 
     def run(self, month: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
         start = parse_month(month)
@@ -48,9 +53,20 @@ class Engine:
         )
         tier, cards, state, memberships, at_risk = pl.collect_all(tables.frames())
         self.state, self.memberships = state, memberships
+        self.states[month], self.memberships_by_month[month] = state, memberships
         self.at_risk[month] = at_risk
         self.tiers[month], self.cards[month] = tier, cards
         return tier
+
+    def tables(self, month: str) -> dict[str, pl.DataFrame]:
+        """The month's tables by their published names."""
+        return {
+            "tier_assignments": self.tiers[month],
+            "card_issuance": self.cards[month],
+            "at_risk": self.at_risk[month],
+            "state": self.states[month],
+            "memberships": self.memberships_by_month[month],
+        }
 
     def run_months(self, first: str, monthly_rows: list[list[dict[str, Any]]]) -> None:
         month = parse_month(first)

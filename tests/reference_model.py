@@ -1,12 +1,17 @@
-"""An independent reference model of SPEC sections 3 to 5 with the default rulebook.
+"""An independent reference model of SPEC sections 3 to 5 and 8 (members at risk).
 
-Written from /work/shared/SPEC.md and rulebook/default.toml only (not from the engine), in plain
-Python: integer fen, ``datetime.date``, dicts. It is deliberately slow and simple, for
-cross-checking the real engine in tests.
+Written from /work/shared/SPEC.md, rulebook/default.toml and the documented output format of
+docs/rules.md (card ids, reason texts) only, never from the engine: plain Python, integer fen,
+``datetime.date``, dicts. It is deliberately slow and simple, for cross-checking the real engine.
+
+The programs and thresholds are the default rulebook's; the calendar and metric settings (evaluation
+and expiry days, validity, window, divisor, forgetting, at-risk horizon) are a :class:`Settings`, so
+the differential test can draw them at random like any rulebook an operator may write.
 
 Input: a first billing month (``"YYYY-MM"``) and a list of months, each a list of valid extract rows
 as built by ``tests.extract_factory.row`` (Decimal yuan amounts, at most one row per subscriber).
-Output: one ``MonthResult`` per month with the tier rows and the card events.
+Output: one :class:`MonthResult` per month with every column of the tier rows, the card events, the
+members at risk, and the carried state and memberships after the month.
 """
 
 from __future__ import annotations
@@ -14,16 +19,25 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
-# ---------------------------------------------------------------- default rulebook values
+# ---------------------------------------------------------------- settings (rulebook [calendar], [metrics])
 
-EVALUATION_DAY = 5
-EXPIRY_DAY = 8
-VALIDITY_MONTHS = 12
-WINDOW_MONTHS = 6
-FORGET_AFTER_MONTHS = 12
-AT_RISK_HORIZON_MONTHS = 3
+
+@dataclass(frozen=True)
+class Settings:
+    evaluation_day: int = 5
+    expiry_day: int = 8
+    validity_months: int = 12
+    at_risk_horizon_months: int = 3
+    window_months: int = 6
+    average_divisor: Literal["window", "months_in_state"] = "window"
+    forget_after_months: int = 12
+
+
+DEFAULTS = Settings()
+
+# ---------------------------------------------------------------- default rulebook programs
 
 VIP = "unicom_vip"
 STAR = "unicom_star"
@@ -43,6 +57,17 @@ CARD_LEVELS = {
     STAR: {"silver", "gold", "platinum", "diamond"},
     CREDIT: set(),
     POINTS: set(),
+}
+CARD_PREFIX = {VIP: "VIP", STAR: "STAR", CREDIT: "CREDIT", POINTS: "POINTS"}
+
+# Eligibility per program as (attribute, allowed values), in the order the reason names the first
+# failing one (docs/rules.md: the rulebook's attribute order customer_type, service_type,
+# plan_category, payment_type, account_class, brand, status, real_name_verified).
+ELIGIBLE: dict[str, list[tuple[str, list[Any]]]] = {
+    VIP: [("plan_category", ["standard"]), ("payment_type", ["postpaid"]), ("account_class", ["normal"])],
+    STAR: [("service_type", ["mobile"]), ("real_name_verified", [True])],
+    CREDIT: [("brand", ["gotone", "mzone", "easyown"])],
+    POINTS: [],
 }
 
 # unicom_vip: minimum average bill in fen per level and service type; supreme is for groups only.
@@ -85,7 +110,7 @@ ATTRIBUTES = (
     "points_balance",
 )
 
-# ---------------------------------------------------------------- calendar helpers
+# ---------------------------------------------------------------- calendar and money helpers
 
 
 def month_index(label: str) -> int:
@@ -124,6 +149,16 @@ def to_fen(amount: Decimal) -> int:
     return int(fen)
 
 
+def yuan(fen: int) -> Decimal:
+    """Fen as the published ``decimal(18,2)`` yuan value (always two places: ``Decimal("9.50")``)."""
+    return Decimal(fen).scaleb(-2)
+
+
+def yuan_text(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
 # ---------------------------------------------------------------- state
 
 
@@ -132,6 +167,7 @@ class Membership:
     level: str
     valid_from: dt.date | None = None
     valid_until: dt.date | None = None
+    card_id: str | None = None
 
 
 @dataclass
@@ -139,6 +175,8 @@ class Known:
     """What the state holds for one subscriber between evaluations."""
 
     attributes: dict[str, Any]
+    entered: int = 0  # month index of the evaluation that brought it into the state
+    last_seen: int = 0
     billed_fen: list[int] = field(default_factory=list)  # one entry per month since entering the state
     suspensions: list[int] = field(default_factory=list)
     cum_paid_fen: int = 0
@@ -152,80 +190,105 @@ class MonthResult:
     tiers: list[dict[str, Any]]
     cards: list[dict[str, Any]]
     at_risk: list[dict[str, Any]] = field(default_factory=list)
+    state: list[dict[str, Any]] = field(default_factory=list)
+    memberships: list[dict[str, Any]] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------- qualification (SPEC 4)
+@dataclass(frozen=True)
+class Figures:
+    """One subscriber's month, as the programs read it."""
+
+    attrs: dict[str, Any]
+    billed_6m: int
+    divisor: int
+    cum_paid: int
+    month_paid: int
+    tenure: int
+    suspensions_6m: int
+
+    @property
+    def shown_avg(self) -> int:
+        """The average shown, floored to the fen (SPEC 3: -0.005 shows as -0.01)."""
+        return self.billed_6m // self.divisor
 
 
-def qualify_vip(attrs: dict[str, Any], billed_6m_fen: int) -> str | None:
-    eligible = (
-        attrs["payment_type"] == "postpaid"
-        and attrs["account_class"] == "normal"
-        and attrs["plan_category"] == "standard"
-    )
-    if not eligible:
-        return None
-    best = None
-    for level in LEVELS[VIP]:
+# ---------------------------------------------------------------- qualification (SPEC 4) with reasons
+
+
+def _compare(value: str, holds: bool, threshold: str) -> str:
+    return f"{value} {'>=' if holds else '<'} {threshold}"
+
+
+def level_test(program: str, level: str, f: Figures) -> tuple[bool, str]:
+    """(the level's conditions hold, the sentence explaining them) for an eligible subscriber."""
+    attrs = f.attrs
+    if program == VIP:
+        threshold = VIP_MIN_AVG_FEN[level][attrs["service_type"]]
+        spend = f.billed_6m >= threshold * f.divisor  # avg >= X  <=>  sum >= X * divisor, exactly
+        text = (
+            f"avg_billed_6m {_compare(yuan_text(f.shown_avg), spend, yuan_text(threshold))}"
+            f" ({level}, {attrs['service_type']})"
+        )
         if level == "supreme" and attrs["customer_type"] != "group":
-            continue
-        minimum = VIP_MIN_AVG_FEN[level][attrs["service_type"]]
-        if billed_6m_fen >= minimum * WINDOW_MONTHS:  # avg >= X  <=>  sum >= 6 X, exactly
-            best = level
-    return best
-
-
-def qualify_star(attrs: dict[str, Any], cum_paid_fen: int, month_paid_fen: int) -> str | None:
-    if attrs["service_type"] != "mobile" or attrs["real_name_verified"] is not True:
-        return None
-    best = None
-    for level in LEVELS[STAR]:
+            return False, f"customer_type {attrs['customer_type']} is not group (supreme)"
+        return spend, text
+    if program == STAR:
         min_cum, min_month = STAR_MIN_PAID_FEN[level]
-        if (min_cum is None or cum_paid_fen >= min_cum) and (min_month is None or month_paid_fen >= min_month):
-            best = level
-    return best
+        if min_cum is None:
+            return True, f"no spend condition ({level})"
+        cum_ok, month_ok = f.cum_paid >= min_cum, f.month_paid >= min_month
+        return cum_ok and month_ok, (
+            f"cum_paid {_compare(yuan_text(f.cum_paid), cum_ok, yuan_text(min_cum))} and "
+            f"month_paid {_compare(yuan_text(f.month_paid), month_ok, yuan_text(min_month))} ({level})"
+        )
+    if program == CREDIT:
+        brand, tenure, spend_points, penalty, score = credit_parts(f)
+        holds = score >= CREDIT_MIN_SCORE[level]
+        return holds, (
+            f"score {_compare(str(score), holds, str(CREDIT_MIN_SCORE[level]))} ({level})"
+            f" (brand {brand} + tenure {tenure} + spend {spend_points} - suspensions {penalty})"
+        )
+    points = attrs["points_balance"] or 0
+    holds = points >= MIN_POINTS_UNLOCKED
+    return holds, f"points_balance {_compare(str(points), holds, str(MIN_POINTS_UNLOCKED))} ({level})"
 
 
-def credit_score(attrs: dict[str, Any], billed_6m_fen: int, tenure: int, suspensions_6m: int) -> int:
-    brand = BRAND_POINTS[attrs["brand"]]
-    tenure_points = TENURE_POINTS[min(max(tenure, 0), len(TENURE_POINTS) - 1)]
+def credit_parts(f: Figures) -> tuple[int, int, int, int, int]:
+    """(brand, tenure, spend, suspension penalty, score) of cmcc_credit; a null brand scores 0."""
+    brand = BRAND_POINTS.get(f.attrs["brand"], 0) if f.attrs["brand"] is not None else 0
+    tenure = TENURE_POINTS[min(max(f.tenure, 0), len(TENURE_POINTS) - 1)]
     spend = SPEND_POINTS_ABOVE
     for up_to, points in SPEND_BANDS_FEN:
-        if billed_6m_fen <= up_to * WINDOW_MONTHS:  # avg <= X  <=>  sum <= 6 X (upper bound included)
+        if f.billed_6m <= up_to * f.divisor:  # avg <= X  <=>  sum <= X * divisor (upper bound included)
             spend = points
             break
-    return brand + tenure_points + spend - SUSPENSION_PENALTY * suspensions_6m
+    penalty = SUSPENSION_PENALTY * f.suspensions_6m
+    return brand, tenure, spend, penalty, brand + tenure + spend - penalty
 
 
-def qualify_credit(attrs: dict[str, Any], billed_6m_fen: int, tenure: int, suspensions_6m: int) -> str | None:
-    if attrs["brand"] is None:
-        return None
-    score = credit_score(attrs, billed_6m_fen, tenure, suspensions_6m)
-    best = None
-    for level in LEVELS[CREDIT]:
-        if score >= CREDIT_MIN_SCORE[level]:
-            best = level
-    return best
-
-
-def qualify_points(attrs: dict[str, Any]) -> str | None:
-    balance = attrs["points_balance"] or 0
-    return "unlocked" if balance >= MIN_POINTS_UNLOCKED else None
+def ineligible_reason(program: str, attrs: dict[str, Any]) -> str | None:
+    """The first failing eligibility condition as docs/rules.md writes it, or None when eligible."""
+    for attribute, allowed in ELIGIBLE[program]:
+        if attrs[attribute] not in allowed:
+            value = "null" if attrs[attribute] is None else str(attrs[attribute]).lower()
+            shown = ", ".join(str(v).lower() for v in allowed)
+            return f"not eligible: {attribute} {value} not in [{shown}]"
+    return None
 
 
 def eligible(program: str, attrs: dict[str, Any]) -> bool:
-    """SPEC 4: each program's eligibility (the same conditions the qualify functions apply first)."""
-    if program == VIP:
-        return (
-            attrs["payment_type"] == "postpaid"
-            and attrs["account_class"] == "normal"
-            and attrs["plan_category"] == "standard"
-        )
-    if program == STAR:
-        return attrs["service_type"] == "mobile" and attrs["real_name_verified"] is True
-    if program == CREDIT:
-        return attrs["brand"] is not None
-    return True
+    return ineligible_reason(program, attrs) is None
+
+
+def qualify(program: str, f: Figures, cancelled: bool) -> str | None:
+    """Q: the highest level whose conditions hold; none when cancelled or not eligible."""
+    if cancelled or not eligible(program, f.attrs):
+        return None
+    best = None
+    for level in LEVELS[program]:
+        if level_test(program, level, f)[0]:
+            best = level
+    return best
 
 
 def rank(program: str, level: str | None) -> int:
@@ -235,8 +298,22 @@ def rank(program: str, level: str | None) -> int:
 # ---------------------------------------------------------------- the model
 
 
+@dataclass(frozen=True)
+class Decision:
+    after: Membership | None
+    action: str
+    cards: list[tuple[str, str, Membership]]  # (event, reason, membership)
+    effective_on: dt.date | None
+    code: str | None  # "missed" stands for threshold_missed or not_eligible
+    reason: str | None
+
+
+NO_DECISION = Decision(None, "none", [], None, None, None)
+
+
 class ReferenceModel:
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings = DEFAULTS) -> None:
+        self.settings = settings
         self.state: dict[str, Known] = {}
 
     def run_months(self, first: str, monthly_rows: list[list[dict[str, Any]]]) -> list[MonthResult]:
@@ -244,24 +321,24 @@ class ReferenceModel:
         return [self.run(month_label(start + offset), rows) for offset, rows in enumerate(monthly_rows)]
 
     def run(self, month: str, rows: list[dict[str, Any]]) -> MonthResult:
+        s = self.settings
         b = month_index(month)
-        evaluated_on = day_of(b + 1, EVALUATION_DAY)
+        evaluated_on = day_of(b + 1, s.evaluation_day)
         by_id = {r["subscriber_id"]: r for r in rows}
         assert len(by_id) == len(rows), "at most one row per subscriber per month"
 
-        tiers: list[dict[str, Any]] = []
-        cards: list[dict[str, Any]] = []
-        at_risk: list[dict[str, Any]] = []
+        result = MonthResult(month, [], [], [])
         next_state: dict[str, Known] = {}
         for subscriber_id in sorted(set(self.state) | set(by_id)):
             row = by_id.get(subscriber_id)
             known = self.state.get(subscriber_id)
             if known is None:  # new to the state (first time, or recycled after leaving): from nothing
                 assert row is not None
-                known = Known(attributes={})
+                known = Known(attributes={}, entered=b)
             if row is not None:
                 known.attributes = {name: row[name] for name in ATTRIBUTES}
                 known.months_absent = 0
+                known.last_seen = b
                 billed, paid, suspensions = (
                     to_fen(row["billed_amount"]),
                     to_fen(row["paid_amount"]),
@@ -275,102 +352,159 @@ class ReferenceModel:
             known.cum_paid_fen += paid
 
             attrs = known.attributes
-            billed_6m = sum(known.billed_fen[-WINDOW_MONTHS:])
-            suspensions_6m = sum(known.suspensions[-WINDOW_MONTHS:])
-            tenure = whole_years(attrs["activation_date"], last_day(b))
+            months_in_state = len(known.billed_fen)
+            figures = Figures(
+                attrs=attrs,
+                billed_6m=sum(known.billed_fen[-s.window_months :]),
+                divisor=s.window_months if s.average_divisor == "window" else min(months_in_state, s.window_months),
+                cum_paid=known.cum_paid_fen,
+                month_paid=paid,
+                tenure=whole_years(attrs["activation_date"], last_day(b)),
+                suspensions_6m=sum(known.suspensions[-s.window_months :]),
+            )
             cancelled = row is not None and row["status"] == "cancelled"
-            forgotten = row is None and known.months_absent == FORGET_AFTER_MONTHS
-
-            qualified: dict[str, str | None] = {
-                VIP: qualify_vip(attrs, billed_6m),
-                STAR: qualify_star(attrs, known.cum_paid_fen, paid),
-                CREDIT: qualify_credit(attrs, billed_6m, tenure, suspensions_6m),
-                POINTS: qualify_points(attrs),
-            }
-            if cancelled:
-                qualified = dict.fromkeys(PROGRAMS)
+            forgotten = row is None and known.months_absent >= s.forget_after_months
+            leaves = cancelled or forgotten
 
             for program in PROGRAMS:
                 held = known.memberships.get(program)
-                after, action, events, effective_on, code = self._carry(
-                    program, held, qualified[program], b, cancelled, forgotten
-                )
+                qualified = qualify(program, figures, cancelled)
+                d = self._carry(program, held, qualified, figures, b, subscriber_id, cancelled, forgotten, known)
+                code = d.code
                 if code == "missed":
                     code = "threshold_missed" if eligible(program, attrs) else "not_eligible"
-                tiers.append(
+                result.tiers.append(
                     {
                         "program": program,
                         "subscriber_id": subscriber_id,
                         "evaluated_on": evaluated_on,
-                        "qualified_level": qualified[program],
+                        "qualified_level": qualified,
                         "previous_level": held.level if held else None,
-                        "level": after.level if after else None,
-                        "action": action,
-                        "valid_from": after.valid_from if after else None,
-                        "valid_until": after.valid_until if after else None,
-                        "effective_on": effective_on,
+                        "level": d.after.level if d.after else None,
+                        "action": d.action,
+                        "valid_from": d.after.valid_from if d.after else None,
+                        "valid_until": d.after.valid_until if d.after else None,
+                        "effective_on": d.effective_on,
+                        "card_id": d.after.card_id if d.after else None,
+                        "reason": d.reason,
                         "reason_code": code,
+                        "eligible": eligible(program, attrs),
+                        "present": row is not None,
+                        "months_absent": known.months_absent,
+                        "billed_6m": yuan(figures.billed_6m),
+                        "avg_billed_6m": yuan(figures.shown_avg),
+                        "month_paid": yuan(paid),
+                        "cum_paid": yuan(known.cum_paid_fen),
+                        "tenure_years": figures.tenure,
+                        "suspensions_6m": figures.suspensions_6m,
+                        "points_balance": attrs["points_balance"],
+                        "score": credit_parts(figures)[4] if program == CREDIT else None,
                     }
                 )
-                for event, reason, membership in events:
-                    cards.append(
+                for event, reason, membership in d.cards:
+                    result.cards.append(
                         {
+                            "card_id": membership.card_id,
                             "program": program,
                             "subscriber_id": subscriber_id,
                             "level": membership.level,
                             "event": event,
                             "reason": reason,
                             "event_date": evaluated_on,
-                            "effective_on": effective_on,
+                            "effective_on": d.effective_on,
                             "valid_from": membership.valid_from,
                             "valid_until": membership.valid_until,
                         }
                     )
-                if after is None:
+                if d.after is None:
                     known.memberships.pop(program, None)
                 else:
-                    known.memberships[program] = after
-                risk = self._at_risk(program, after, qualified[program], b, attrs, known, billed_6m)
-                if risk is not None and not (cancelled or forgotten):
-                    at_risk.append({"program": program, "subscriber_id": subscriber_id, **risk})
+                    known.memberships[program] = d.after
+                risk = self._at_risk(program, d.after, qualified, b, known, figures)
+                if risk is not None and not leaves:
+                    result.at_risk.append({"program": program, "subscriber_id": subscriber_id, **risk})
 
-            if not (cancelled or forgotten):
+            if not leaves:
                 next_state[subscriber_id] = known
         self.state = next_state
-        return MonthResult(month, tiers, cards, at_risk)
+        result.state = [self._state_row(sid, known) for sid, known in sorted(next_state.items())]
+        result.memberships = [
+            {
+                "subscriber_id": sid,
+                "program": program,
+                "level": m.level,
+                "valid_from": m.valid_from,
+                "valid_until": m.valid_until,
+                "card_id": m.card_id,
+            }
+            for sid, known in sorted(next_state.items())
+            for program, m in sorted(known.memberships.items())
+        ]
+        return result
 
-    @staticmethod
+    def _state_row(self, subscriber_id: str, known: Known) -> dict[str, Any]:
+        """The carried state as the engine's ``state`` table holds it (windows newest first, null
+        for the months before the subscriber entered; one membership column set per program)."""
+        w = self.settings.window_months
+
+        def window(values: list[int]) -> list[int | None]:
+            newest_first = list(reversed(values[-w:]))
+            return newest_first + [None] * (w - len(newest_first))
+
+        row: dict[str, Any] = {
+            "subscriber_id": subscriber_id,
+            "entered_month": day_of(known.entered, 1),
+            "last_seen_month": day_of(known.last_seen, 1),
+            "months_in_state": len(known.billed_fen),
+            "months_absent": known.months_absent,
+            "cum_paid_fen": known.cum_paid_fen,
+        }
+        row.update({f"billed_fen_age{age}": v for age, v in enumerate(window(known.billed_fen))})
+        row.update({f"suspensions_age{age}": v for age, v in enumerate(window(known.suspensions))})
+        row.update(known.attributes)
+        for program in PROGRAMS:
+            held = known.memberships.get(program)
+            row[f"{program}__level"] = held.level if held else None
+            row[f"{program}__valid_from"] = held.valid_from if held else None
+            row[f"{program}__valid_until"] = held.valid_until if held else None
+            row[f"{program}__card_id"] = held.card_id if held else None
+        return row
+
     def _at_risk(
+        self,
         program: str,
         after: Membership | None,
         qualified: str | None,
         b: int,
-        attrs: dict[str, Any],
         known: Known,
-        billed_6m_fen: int,
+        f: Figures,
     ) -> dict[str, Any] | None:
-        """SPEC 8: held after E(B), re-rated at E(B+k) for k in 1..3, qualified below the level."""
+        """SPEC 8: held after E(B), re-rated at E(B+k) for k in 1..horizon, qualified below the level."""
+        s = self.settings
         if RETENTION[program] != "validity" or after is None or after.valid_until is None:
             return None
         rerating = index_of(after.valid_until) - 1  # month(E(B+k)) = B + k + 1
         k = rerating - (b + 1)
-        if not 1 <= k <= AT_RISK_HORIZON_MONTHS or rank(program, qualified) >= rank(program, after.level):
+        if not 1 <= k <= s.at_risk_horizon_months or rank(program, qualified) >= rank(program, after.level):
             return None
         needed: int | None = None
+        attrs = f.attrs
         if eligible(program, attrs):
             if program == VIP and not (after.level == "supreme" and attrs["customer_type"] != "group"):
-                oldest = known.billed_fen[-WINDOW_MONTHS] if len(known.billed_fen) >= WINDOW_MONTHS else 0
-                needed = VIP_MIN_AVG_FEN[after.level][attrs["service_type"]] * WINDOW_MONTHS - (billed_6m_fen - oldest)
+                months_next = len(known.billed_fen) + 1
+                divisor = s.window_months if s.average_divisor == "window" else min(months_next, s.window_months)
+                oldest = known.billed_fen[-s.window_months] if len(known.billed_fen) >= s.window_months else 0
+                needed = VIP_MIN_AVG_FEN[after.level][attrs["service_type"]] * divisor - (f.billed_6m - oldest)
             elif program == STAR:
                 min_cum, min_month = STAR_MIN_PAID_FEN[after.level]
                 needed = max(min_month or 0, (min_cum or 0) - known.cum_paid_fen)
         return {
             "level": after.level,
             "valid_until": after.valid_until,
-            "rerated_on": day_of(rerating, EVALUATION_DAY),
+            "rerated_on": day_of(rerating, s.evaluation_day),
             "months_to_rerating": k,
             "qualified_level": qualified,
-            "needed_next_month": None if needed is None else Decimal(max(needed, 0)) / 100,
+            "needed_next_month": None if needed is None else yuan(max(needed, 0)),
         }
 
     def _carry(
@@ -378,77 +512,118 @@ class ReferenceModel:
         program: str,
         held: Membership | None,
         qualified: str | None,
+        f: Figures,
         b: int,
+        subscriber_id: str,
         cancelled: bool,
         forgotten: bool,
-    ) -> tuple[Membership | None, str, list[tuple[str, str, Membership]], dt.date | None, str | None]:
-        """SPEC 5 as amended: (membership after, action, card events as (event, reason, membership),
-        effective_on, reason code; "missed" stands for threshold_missed or not_eligible)."""
+        known: Known,
+    ) -> Decision:
+        """SPEC 5 as amended, with the reason texts of docs/rules.md."""
+        s = self.settings
         cards = CARD_LEVELS[program]
         e_month = b + 1
-        evaluated_on = day_of(e_month, EVALUATION_DAY)
+        evaluated_on = day_of(e_month, s.evaluation_day)
         next_first = day_of(e_month + 1, 1)
+        new_card_id = f"{CARD_PREFIX[program]}-{evaluated_on:%Y%m%d}-{subscriber_id}"
+
+        def explain(level: str) -> str:
+            return level_test(program, level, f)[1]
+
+        def why_not(level: str) -> str:
+            return ineligible_reason(program, f.attrs) or explain(level)
 
         def void(reason: str) -> list[tuple[str, str, Membership]]:
-            return [("void", reason, held)] if held is not None and held.level in cards else []
+            return [("void", reason, held)] if held is not None and held.level in cards and held.card_id else []
+
+        def carded(membership: Membership) -> Membership:
+            if membership.level in cards:
+                return Membership(membership.level, membership.valid_from, membership.valid_until, new_card_id)
+            return membership
 
         def issue(reason: str, membership: Membership) -> list[tuple[str, str, Membership]]:
-            return [("issue", reason, membership)] if membership.level in cards else []
+            return [("issue", reason, membership)] if membership.card_id else []
 
         def swap(issue_reason: str, after: Membership, no_card_void: str) -> list[tuple[str, str, Membership]]:
             issued = issue(issue_reason, after)
             return void("replaced" if issued else no_card_void) + issued
 
         if cancelled:
-            return (None, "terminate", void("cancelled"), evaluated_on, "cancelled") if held else (
-                None, "none", [], None, None
+            if held is None:
+                return NO_DECISION
+            return Decision(
+                None, "terminate", void("cancelled"), evaluated_on, "cancelled",
+                f"status cancelled: {held.level} terminated",
             )  # fmt: skip
         if forgotten:
-            return (None, "lapse", void("lapsed"), evaluated_on, "absent_too_long") if held else (
-                None, "none", [], None, None
+            if held is None:
+                return NO_DECISION
+            return Decision(
+                None, "lapse", void("lapsed"), evaluated_on, "absent_too_long",
+                f"absent {known.months_absent} months in a row (forget_after_months {s.forget_after_months})",
             )  # fmt: skip
 
         retention = RETENTION[program]
         if retention == "permanent":
             if held:
-                return Membership(held.level), "retain", [], None, None
-            return (Membership(qualified), "new", [], evaluated_on, "threshold_met") if qualified else (
-                None, "none", [], None, None
-            )  # fmt: skip
+                return Decision(Membership(held.level), "retain", [], None, None, None)
+            if qualified:
+                return Decision(Membership(qualified), "new", [], evaluated_on, "threshold_met", explain(qualified))
+            return NO_DECISION
 
         if retention == "recompute":
             if held is None:
-                return (Membership(qualified), "new", [], evaluated_on, "threshold_met") if qualified else (
-                    None, "none", [], None, None
-                )  # fmt: skip
+                if qualified:
+                    return Decision(Membership(qualified), "new", [], evaluated_on, "threshold_met", explain(qualified))
+                return NO_DECISION
             if qualified is None:
-                return None, "lapse", [], evaluated_on, "missed"
+                return Decision(None, "lapse", [], evaluated_on, "missed", why_not(LEVELS[program][0]))
             if rank(program, qualified) > rank(program, held.level):
-                return Membership(qualified), "upgrade", [], evaluated_on, "threshold_met"
+                return Decision(Membership(qualified), "upgrade", [], evaluated_on, "threshold_met", explain(qualified))
             if rank(program, qualified) < rank(program, held.level):
-                return Membership(qualified), "downgrade", [], evaluated_on, "missed"
-            return Membership(qualified), "retain", [], None, None
+                return Decision(
+                    Membership(qualified), "downgrade", [], evaluated_on, "missed",
+                    f"{why_not(held.level)}; qualifies for {explain(qualified)}",
+                )  # fmt: skip
+            return Decision(Membership(qualified), "retain", [], None, None, None)
 
         assert retention == "validity"
+        new_until = day_of(e_month + s.validity_months, s.expiry_day)
         if held is None:
             if qualified is None:
-                return None, "none", [], None, None
-            new = Membership(qualified, evaluated_on, day_of(e_month + VALIDITY_MONTHS, EXPIRY_DAY))
-            return new, "new", issue("new", new), evaluated_on, "threshold_met"
+                return NO_DECISION
+            new = carded(Membership(qualified, evaluated_on, new_until))
+            return Decision(new, "new", issue("new", new), evaluated_on, "threshold_met", explain(qualified))
         assert held.valid_from is not None and held.valid_until is not None
         day_after_expiry = held.valid_until + dt.timedelta(days=1)
+        expiry = f"{held.valid_until:%Y-%m-%d}"
         if held.valid_until < evaluated_on:
-            return None, "lapse", void("lapsed"), day_after_expiry, "validity_ended"
+            return Decision(
+                None, "lapse", void("lapsed"), day_after_expiry, "validity_ended",
+                f"validity ended {expiry} before the evaluation on {evaluated_on:%Y-%m-%d}",
+            )  # fmt: skip
         if rank(program, qualified) > rank(program, held.level):
             assert qualified is not None
-            up = Membership(qualified, evaluated_on, day_of(e_month + VALIDITY_MONTHS, EXPIRY_DAY))
-            return up, "upgrade", swap("upgrade", up, "lapsed"), evaluated_on, "threshold_met"
+            up = carded(Membership(qualified, evaluated_on, new_until))
+            return Decision(
+                up, "upgrade", swap("upgrade", up, "lapsed"), evaluated_on, "threshold_met", explain(qualified)
+            )
         if e_month == index_of(held.valid_until) - 1:  # the re-rating one month before expiry
+            prefix = f"re-rating before expiry {expiry}: "
             if qualified is None:
-                return None, "lapse", void("lapsed"), day_after_expiry, "missed"
-            renewed_until = day_of(index_of(held.valid_until) + VALIDITY_MONTHS, held.valid_until.day)
-            renewed = Membership(qualified, next_first, renewed_until)
+                return Decision(
+                    None, "lapse", void("lapsed"), day_after_expiry, "missed", prefix + why_not(LEVELS[program][0])
+                )
+            renewed_until = day_of(index_of(held.valid_until) + s.validity_months, held.valid_until.day)
+            renewed = carded(Membership(qualified, next_first, renewed_until))
             if qualified == held.level:
-                return renewed, "renew", swap("renewal", renewed, "downgraded"), next_first, "threshold_met"
-            return renewed, "downgrade", swap("downgrade", renewed, "downgraded"), next_first, "missed"
-        return Membership(held.level, held.valid_from, held.valid_until), "retain", [], None, None
+                return Decision(
+                    renewed, "renew", swap("renewal", renewed, "downgraded"), next_first, "threshold_met",
+                    prefix + explain(qualified),
+                )  # fmt: skip
+            return Decision(
+                renewed, "downgrade", swap("downgrade", renewed, "downgraded"), next_first, "missed",
+                f"{prefix}{why_not(held.level)}; qualifies for {explain(qualified)}",
+            )  # fmt: skip
+        kept = Membership(held.level, held.valid_from, held.valid_until, held.card_id if held.level in cards else None)
+        return Decision(kept, "retain", [], None, None, None)

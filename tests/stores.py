@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 
 from billing_tiers.store import Store
+from rulebook import Rulebook
 
 
 def new_store(path: Path) -> Path:
@@ -18,8 +19,17 @@ def new_store(path: Path) -> Path:
     return path
 
 
-def publish_months(store: Path, extracts: Path, months: list[str]) -> None:
-    """Publish ``months`` in order with the default rulebook and no Prefect (the run path itself)."""
+def publish_months(
+    store: Path,
+    extracts: Path,
+    months: list[str],
+    *,
+    rulebook: Rulebook | None = None,
+    override_guards: bool = False,
+    buckets: int | None = None,
+) -> None:
+    """Publish ``months`` in order with no Prefect (the run path itself), the default rulebook unless
+    one is given."""
     import datetime as dt
 
     from flows.run_month import run_month
@@ -33,9 +43,10 @@ def publish_months(store: Path, extracts: Path, months: list[str]) -> None:
             extracts=extracts,
             month=month,
             build_on=build_on,
-            rulebook=load_rulebook(),
+            rulebook=rulebook or load_rulebook(),
             rulebook_path=None,
-            override_guards=False,
+            override_guards=override_guards,
+            buckets=buckets,
         )
         build_on = month
 

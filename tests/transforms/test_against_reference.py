@@ -1,92 +1,43 @@
-"""Cross-checks the engine against tests/reference_model.py (SPEC sections 3 to 5, default rulebook).
+"""Cross-checks the engine against tests/reference_model.py (SPEC sections 3 to 5 and 8).
 
-The reference is written from the SPEC alone. A property test runs random monthly histories
-through both and compares every month's tier rows and card events (card ids aside); the
-deterministic tests below pin the trickiest cases and also assert the SPEC's figures directly.
+The reference is written from the SPEC alone. A property test runs random monthly histories under
+random calendar and metric settings through both, plus fixed histories for the rare transitions, and
+compares every column of every month's tier rows, card events (with card ids), members at risk, carried
+state and memberships; it then fails if the run did not reach every (program, action) pair, card
+reason and reason code. The deterministic tests below pin the trickiest cases and also assert the
+SPEC's figures directly.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-from decimal import Decimal
 from typing import Any
 
-import polars as pl
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings
 
+from tests.differential import FIXED_CASES, Case, Coverage, compare_month, histories, rulebook_for
 from tests.engine import Engine
 from tests.extract_factory import row
-from tests.reference_model import CREDIT, POINTS, STAR, VIP, ReferenceModel, last_day, month_index, month_label
-
-TIER_KEYS = [
-    "program",
-    "subscriber_id",
-    "evaluated_on",
-    "qualified_level",
-    "previous_level",
-    "level",
-    "action",
-    "valid_from",
-    "valid_until",
-    "effective_on",
-    "reason_code",
-]
-RISK_KEYS = [
-    "program",
-    "subscriber_id",
-    "level",
-    "valid_until",
-    "rerated_on",
-    "months_to_rerating",
-    "qualified_level",
-    "needed_next_month",
-]
-CARD_KEYS = [
-    "program",
-    "subscriber_id",
-    "level",
-    "event",
-    "reason",
-    "event_date",
-    "effective_on",
-    "valid_from",
-    "valid_until",
-]
+from tests.reference_model import CREDIT, POINTS, STAR, VIP, ReferenceModel, Settings, month_index, month_label
 
 
-def _sort_key(item: dict[str, Any]) -> tuple[str, ...]:
-    return tuple("" if item[k] is None else str(item[k]) for k in sorted(item))
-
-
-def _rows(frame: pl.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
-    return sorted((dict(zip(keys, r, strict=True)) for r in frame.select(keys).iter_rows()), key=_sort_key)
-
-
-def run_both(first: str, monthly_rows: list[list[dict[str, Any]]]) -> tuple[Engine, ReferenceModel]:
-    """Runs engine and reference month by month, asserting equal tier rows and card events each month."""
-    engine, reference = Engine(), ReferenceModel()
+def run_both(
+    first: str,
+    monthly_rows: list[list[dict[str, Any]]],
+    settings_: Settings | None = None,
+    coverage: Coverage | None = None,
+) -> tuple[Engine, ReferenceModel]:
+    """Runs engine and reference month by month, asserting every compared table equal each month."""
+    settings_ = settings_ or Settings()
+    engine, reference = Engine(rulebook=rulebook_for(settings_)), ReferenceModel(settings_)
     start = month_index(first)
     for offset, rows in enumerate(monthly_rows):
         month = month_label(start + offset)
-        engine_tiers = _rows(engine.run(month, rows), TIER_KEYS)
-        engine_cards = _rows(engine.cards[month], CARD_KEYS)
-        expected = reference.run(month, rows)
-        expected_tiers = sorted(expected.tiers, key=_sort_key)
-        expected_cards = sorted(expected.cards, key=_sort_key)
-        if engine_tiers != expected_tiers:
-            engine_only = [r for r in engine_tiers if r not in expected_tiers]
-            reference_only = [r for r in expected_tiers if r not in engine_tiers]
-            raise AssertionError(f"{month} tier rows differ\nengine:    {engine_only}\nreference: {reference_only}")
-        assert engine_cards == expected_cards, (
-            f"{month} card events differ\nengine:    {engine_cards}\nreference: {expected_cards}"
-        )
-        engine_risk = _rows(engine.at_risk[month], RISK_KEYS)
-        expected_risk = sorted(expected.at_risk, key=_sort_key)
-        assert engine_risk == expected_risk, (
-            f"{month} at-risk rows differ\nengine:    {engine_risk}\nreference: {expected_risk}"
-        )
+        engine.run(month, rows)
+        compare_month(month, engine.tables(month), reference.run(month, rows))
+        if coverage is not None:
+            coverage.add(engine.tables(month))
     return engine, reference
 
 
@@ -99,153 +50,27 @@ D = dt.date
 
 # ---------------------------------------------------------------- random histories
 
-BILLS = [
-    "0.00",
-    "0.01",
-    "-0.01",
-    "-50.00",
-    "20.00",
-    "50.00",
-    "99.99",
-    "100.00",
-    "100.01",
-    "120.00",
-    "120.01",
-    "149.99",
-    "150.00",
-    "150.01",
-    "200.00",
-    "299.99",
-    "300.00",
-    "450.00",
-    "480.00",
-    "600.00",
-    "720.00",
-    "899.99",
-    "900.00",
-    "1000.00",
-    "1200.00",
-    "1800.00",
-    "2400.00",
-    "2700.00",
-    "6000.00",
-    "6000.01",
-]
-PAIDS = [
-    "0.00",
-    "-20.00",
-    "49.99",
-    "50.00",
-    "499.99",
-    "500.00",
-    "999.99",
-    "1000.00",
-    "1999.99",
-    "2000.00",
-    "2500.00",
-    "3000.00",
-    "10000.00",
-]
-ATTRIBUTE_CHOICES: dict[str, list[Any]] = {
-    "customer_type": ["individual", "individual", "family", "group", "group"],
-    "service_type": ["mobile", "mobile", "mobile", "fixed", "broadband"],
-    "plan_category": ["standard"] * 6 + ["data_card", "wo_family", "payphone"],
-    "payment_type": ["postpaid"] * 4 + ["prepaid"],
-    "account_class": ["normal"] * 6 + ["public_free", "test"],
-    "real_name_verified": [True, True, True, False],
-    "brand": ["gotone", "mzone", "easyown", None, None],
-}
+EXAMPLES = int(os.environ.get("BT_REFERENCE_EXAMPLES", "50"))
+"""Random histories per run (about 1 s each); CI runs the default. Search deeper with e.g. 300."""
 
 
-def money(fen: int) -> Decimal:
-    return Decimal(fen) / 100
+def test_engine_matches_reference_on_random_histories_and_reaches_every_transition() -> None:
+    coverage = Coverage()
 
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(histories())
+    @example(FIXED_CASES[0])
+    @example(FIXED_CASES[1])
+    def check(case: Case) -> None:
+        settings_, first, monthly = case
+        run_both(first, monthly, settings_, coverage)
 
-def activation_dates(year: int) -> st.SearchStrategy[dt.date]:
-    """Leap days, month ends and firsts from seven years before ``year`` to ``year + 2``."""
-    years = st.integers(year - 7, year + 2)
-    leap = st.integers((year - 7) // 4, (year + 2) // 4).map(lambda k: D(4 * k, 2, 29))
-    month_end = st.tuples(years, st.integers(0, 11)).map(lambda ym: last_day(ym[0] * 12 + ym[1]))
-    first = st.tuples(years, st.integers(1, 12)).map(lambda ym: D(ym[0], ym[1], 1))
-    any_day = st.dates(D(year - 7, 1, 1), D(year + 2, 12, 31))
-    return st.one_of(leap, month_end, first, any_day)
-
-
-@st.composite
-def subscriber_history(draw: st.DrawFn, subscriber_id: str, first: int, months: int) -> list[dict[str, Any] | None]:
-    """One subscriber's rows month by month (None = no row): presence and absence in blocks."""
-    pattern: list[bool] = [False] * draw(st.sampled_from([0, 0, 0, 1, 3, 8]))
-    present = True
-    while len(pattern) < months:
-        if present:
-            length = draw(st.integers(1, 16))
-        else:
-            length = draw(st.sampled_from([1, 2, 3, 5, 10, 11, 11, 12, 12, 12, 13]))
-        pattern += [present] * length
-        present = not present
-
-    attributes = {name: draw(st.sampled_from(choices)) for name, choices in ATTRIBUTE_CHOICES.items()}
-    activations = activation_dates((first + months) // 12)
-    activation = draw(activations)
-    points: int | None = draw(st.sampled_from([0, None, 1999, 2000]))
-    history: list[dict[str, Any] | None] = []
-    for offset in range(months):
-        if not pattern[offset]:
-            history.append(None)
-            continue
-        if draw(st.integers(0, 5)) == 0:  # an attribute changes
-            name = draw(st.sampled_from(sorted(ATTRIBUTE_CHOICES)))
-            attributes[name] = draw(st.sampled_from(ATTRIBUTE_CHOICES[name]))
-        if draw(st.integers(0, 12)) == 0:
-            activation = draw(activations)
-        if draw(st.integers(0, 3)) == 0:
-            points = draw(st.sampled_from([None, 0, 1999, 2000, 2001, 5000]))
-        billed = draw(st.one_of(st.sampled_from(BILLS), st.integers(-500_00, 7000_00).map(money)))
-        paid_kind = draw(st.integers(0, 3))
-        if paid_kind == 0:
-            paid = billed
-        elif paid_kind == 1:
-            paid = draw(st.integers(-100_00, 25000_00).map(money))
-        else:
-            paid = Decimal(draw(st.sampled_from(PAIDS)))
-        status = draw(st.sampled_from(["active"] * 28 + ["suspended"] * 2 + ["cancelled"]))
-        month_end = last_day(first + offset)
-        history.append(
-            row(
-                subscriber_id,
-                billed,
-                paid,
-                **attributes,
-                activation_date=min(activation, month_end),
-                status=status,
-                suspension_count=draw(st.sampled_from([0, 0, 0, 0, 0, 1, 2])),
-                points_balance=points,
-            )
-        )
-    return history
-
-
-@st.composite
-def histories(draw: st.DrawFn) -> tuple[str, list[list[dict[str, Any]]]]:
-    first = month_index("2011-01") + draw(st.integers(0, 6 * 12))
-    months = draw(st.integers(13, 24))
-    count = draw(st.integers(3, 8))
-    per_subscriber = [draw(subscriber_history(f"s{k}", first, months)) for k in range(count)]
-    monthly = [[h[m] for h in per_subscriber if h[m] is not None] for m in range(months)]
-    return month_label(first), monthly
-
-
-# Each example runs the engine 13 to 24 times (0.15 to 0.2 s a month), so the default is small to keep
-# this file near 30 s; search deeper with e.g. BT_REFERENCE_EXAMPLES=300 (about 25 minutes).
-@settings(
-    max_examples=int(os.environ.get("BT_REFERENCE_EXAMPLES", "3")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(histories())
-def test_engine_matches_reference_on_random_histories(case: tuple[str, list[list[dict[str, Any]]]]) -> None:
-    first, monthly = case
-    run_both(first, monthly)
+    check()
+    assert coverage.missing() == {}, f"the differential test did not reach: {coverage.missing()}"
 
 
 # ---------------------------------------------------------------- deterministic regressions
