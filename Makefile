@@ -5,6 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STORE ?= data/store
+EXTRACTS ?= data/sample/extracts
 BENCH_ARGS ?= --subscribers 2000000 --months 7
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -21,8 +22,8 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 sample: install
-	$(BIN)/billing-tiers init --store $(STORE)
-	$(BIN)/billing-tiers backfill --from 2024-01 --store $(STORE)
+	$(BIN)/billing-tiers init --store $(STORE) --extracts $(EXTRACTS)
+	$(BIN)/billing-tiers backfill --from 2024-01 --store $(STORE) --extracts $(EXTRACTS)
 	$(BIN)/billing-tiers status --store $(STORE)
 
 lint: install

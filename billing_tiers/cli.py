@@ -1,29 +1,29 @@
-"""The ``billing-tiers`` command: run, backfill, status and explain.
+"""The ``billing-tiers`` command: a thin adapter over the application layer (:mod:`billing_tiers.service`).
 
-Failures print one line saying what is wrong and where, and exit non-zero; ``--debug`` adds the
-traceback. Cheap checks (month format, rulebook, extract folders, month ordering, the lock) run
-before Prefect starts, so a refusal is immediate.
+Failures print one line saying what is wrong and where, and exit non-zero (2 for a refusal or a
+failure of the environment: disk, permissions, a server or cluster that does not answer; 1 only for
+the truly unexpected); ``--debug`` adds the traceback. The session (rulebook, store lock, recovery,
+plan, extract footers) is opened before Prefect starts, so a refusal is immediate. Listings print
+full values when stdout is not a terminal, and take ``--json``; user data is printed literally
+(:mod:`billing_tiers.display`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import json
+import errno
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from billing_tiers import __version__, progress
+from billing_tiers import __version__, display
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import month_label, parse_month
+from billing_tiers.service import DEFAULT_STORE, RunRequest
 from rulebook import RulebookError, load_rulebook
 
 app = typer.Typer(
@@ -32,11 +32,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Monthly customer-program levels and member cards from billing extracts.",
 )
-console = Console(soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True)
-
-ExtractsOption = Annotated[Path, typer.Option("--extracts", help="Folder of billing_month=YYYY-MM extract folders.")]
-StoreOption = Annotated[Path, typer.Option("--store", help="Output store folder.")]
+ExtractsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--extracts",
+        help="Folder of billing_month=YYYY-MM extract folders (default: the one the store recorded at init).",
+    ),
+]
+StoreOption = Annotated[Path, typer.Option("--store", help="The store folder (made with `billing-tiers init`).")]
+JsonOption = Annotated[bool, typer.Option("--json", metavar=" ", help="Print one JSON document instead of text.")]
 RulebookOption = Annotated[Path | None, typer.Option("--rulebook", help="Rulebook TOML (default: bundled).")]
 OverrideOption = Annotated[
     bool, typer.Option("--override-guards", metavar=" ", help="Publish even if an input guard fails (recorded).")
@@ -68,6 +72,14 @@ _PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
 
+_ENVIRONMENT_ADVICE = {
+    errno.ENOSPC: "no space left on the device: free space there (or use another --store) and rerun",
+    errno.EDQUOT: "disk quota exceeded: free space there (or use another --store) and rerun",
+    errno.EROFS: "the file system is read-only: use a writable --store",
+    errno.EACCES: "permission denied: give this user write access, or use another --store",
+    errno.EPERM: "operation not permitted: give this user write access, or use another --store",
+}
+
 
 class _NoTracebacks(logging.Filter):
     """Without --debug, failures are the CLI's to report in one line: Prefect's console keeps its
@@ -90,25 +102,48 @@ def _quiet_prefect_tracebacks() -> None:
             handler.addFilter(_NoTracebacks())
 
 
+def _environment_failure(exc: BaseException) -> str | None:
+    """One line for a failure of the environment (disk full, read-only, permissions), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _ENVIRONMENT_ADVICE:
+            where = current.filename or "the store"
+            return f"cannot write {where}: {_ENVIRONMENT_ADVICE[current.errno]}; nothing was published"
+        text = str(current)
+        for code, words in (
+            (errno.ENOSPC, "No space left on device"),
+            (errno.EROFS, "Read-only file system"),
+            (errno.EACCES, "Permission denied"),
+        ):
+            if words in text:
+                return f"cannot write the store: {_ENVIRONMENT_ADVICE[code]}; nothing was published"
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _guarded(debug: bool, action: Callable[[], T]) -> T:
     try:
         return action()
     except (PipelineError, RulebookError) as exc:
         if debug:
             raise
-        errors.print(f"error: {exc}", markup=False, highlight=False)
+        display.error(str(exc))
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        errors.print("error: interrupted; rerun the same command to finish", markup=False)
+        display.error("interrupted; rerun the same command to finish")
         raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
     except Exception as exc:
         if debug:
             raise
-        errors.print(
-            f"error: unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug for details)",
-            markup=False,
-            highlight=False,
-        )
+        failure = _environment_failure(exc)
+        if failure is not None:
+            display.error(failure)
+            raise typer.Exit(2) from None
+        display.error(f"unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug for details)")
         raise typer.Exit(1) from None
 
 
@@ -140,6 +175,7 @@ def _start_prefect(debug: bool) -> Any:
 
 
 def _print_summary(manifests: list[dict[str, Any]]) -> None:
+    """The last month's levels and actions per program, and one line per month run."""
     if not manifests:
         return
     last = manifests[-1]
@@ -150,77 +186,31 @@ def _print_summary(manifests: list[dict[str, Any]]) -> None:
     summary = summary_frame(last).with_columns(pl.col("level").fill_null("(none)"))
     for dimension in ("level", "action"):
         counts = summary.group_by("program", dimension).agg(pl.col("subscribers").sum()).sort("program", dimension)
-        table = Table(title=f"billing month {last['billing_month']}: {dimension}s per program")
-        for column in ("program", dimension, "subscribers"):
-            table.add_column(column, justify="right" if column == "subscribers" else "left")
-        for program, value, count in counts.iter_rows():
-            table.add_row(program, value, str(count))
-        console.print(table)
+        display.table(
+            f"billing month {last['billing_month']}: {dimension}s per program",
+            ("program", dimension, "subscribers"),
+            counts.iter_rows(),
+        )
     for manifest in manifests:
         tables = manifest["tables"]
-        console.print(
+        notes = []
+        changes = manifest.get("changes_by_program")
+        if changes is not None:
+            shown = ", ".join(f"{program} {count}" for program, count in sorted(changes.items())) or "none"
+            notes.append(f"tier rows changed from the version replaced: {shown}")
+        if (manifest.get("rulebook") or {}).get("changed_from_previous"):
+            notes.append("the rulebook differs from the one the previous month was built with")
+        display.line(
             f"{manifest['billing_month']}: {tables['tier_assignments']['rows']} tier rows, "
             f"{tables['card_issuance']['rows']} card events, {tables['quarantine']['rows']} quarantined, "
             f"{manifest['duplicates_collapsed']} duplicates collapsed, {manifest['buckets']} buckets, "
-            f"{manifest['timings_seconds']['total']} s"
-            + (
-                f"; rows changed from the version replaced: {manifest['changes_by_program']}"
-                if manifest.get("changes_by_program") is not None
-                else ""
-            )
-            + (
-                "; the rulebook differs from the one the previous month was built with"
-                if (manifest.get("rulebook") or {}).get("changed_from_previous")
-                else ""
-            ),
-            highlight=False,
+            f"{manifest['timings_seconds']['total']} s" + "".join(f"; {note}" for note in notes)
         )
-
-
-@contextlib.contextmanager
-def _writer(store: Path, rulebook: Path | None, command: str) -> Iterator[Any]:
-    """The store, checked and locked for the whole command, before Prefect starts.
-
-    The lock taken here is the one held until the last file is published (the flow's own lock is
-    the same one, shared in this process), so a second writer is refused at once. Holding it also
-    finishes any publish a killed run left past its commit point, so plans see the store as it is."""
-    from billing_tiers.store import Store
-
-    load_rulebook(rulebook)
-    the_store = Store(store).require()
-    with the_store.writer_lock(command):
-        for line in the_store.recover():
-            errors.print(f"store {store}: {line}", markup=False, highlight=False)
-        yield the_store
-
-
-def _refuse_rulebook(store: Any, build_on: dt.date | None, rulebook: Path | None) -> None:
-    """A rulebook that drops a program or level members hold stops the command before anything runs."""
-    from billing_tiers.history import refuse_rulebook_change
-
-    refuse_rulebook_change(store, build_on, load_rulebook(rulebook))
-
-
-def _reading(store: Path) -> Any:
-    """The store for a reading command, or a refusal naming the path and pointing to ``init``."""
-    from billing_tiers.store import Store
-
-    return Store(store).require()
-
-
-def _check_extract_footers(extracts: Path, months: list[dt.date]) -> None:
-    """Every file of every month is readable Parquet with the contract columns (footers only: cheap)."""
-    from billing_tiers.extract_io import check_extract_schema
-    from billing_tiers.store import extract_files
-
-    for month in months:
-        for path in extract_files(extracts, month):
-            check_extract_schema(path, root=extracts)
 
 
 def _show_version(value: bool) -> None:
     if value:
-        console.print(f"billing-tiers {__version__}", highlight=False)
+        display.line(f"billing-tiers {__version__}")
         raise typer.Exit()
 
 
@@ -237,20 +227,60 @@ def main(
 @app.command()
 def init(
     store: Annotated[Path, typer.Option("--store", help="The store folder to create.")],
+    extracts: Annotated[
+        Path | None,
+        typer.Option("--extracts", help="The extracts folder every command uses when --extracts is not given."),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
-    """Create a store: the folder and its marker. Every other command refuses a folder that is not one."""
+    """Create a store: the folder and its marker (recording the extracts folder). Every other command
+    refuses a folder that is not a store. On an existing store, records a newly given --extracts."""
     from billing_tiers.store import Store
 
-    created = _guarded(debug, lambda: Store(store).initialise())
-    console.print(f"store {store} {'created' if created else 'is already a store; nothing changed'}", highlight=False)
+    def action() -> bool:
+        if extracts is not None and not extracts.is_dir():
+            raise PipelineError(
+                f"extracts folder {extracts} does not exist; give the folder of billing_month=* folders"
+            )
+        return Store(store).initialise(extracts)
+
+    created = _guarded(debug, action)
+    recorded = f"; extracts folder {extracts.resolve()}" if extracts is not None else ""
+    if created:
+        display.line(f"store {display.literal(store)} created{display.literal(recorded)}")
+    elif extracts is not None:
+        display.line(f"store {display.literal(store)} is already a store; recorded{display.literal(recorded)}")
+    else:
+        display.line(f"store {display.literal(store)} is already a store; nothing changed")
+
+
+def _request(command: Any, **fields: Any) -> RunRequest:
+    return RunRequest(command=command, **fields)
+
+
+def _run_with_prefect(request: RunRequest, debug: bool, dask_address: str | None, dask_workers: int | None) -> Any:
+    """Open the session (every refusal before Prefect starts), then run it as the CLI's Prefect flow."""
+    from billing_tiers.progress import ConsoleListener
+    from billing_tiers.service import open_session
+
+    listener = ConsoleListener(request.command)
+    try:
+        with open_session(request, listener) as session:
+            monthly = _start_prefect(debug)
+            flow = monthly.run_prepared.with_options(
+                name="monthly-tiers" if request.command == "run" else "backfill-tiers",
+                task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers),
+            )
+            return flow(session=session)
+    finally:
+        listener.close()
 
 
 @app.command()
 def check(
     month: Annotated[str, typer.Option("--month", help="Billing month YYYY-MM.")],
-    extracts: ExtractsOption = Path("data/sample/extracts"),
-    store: StoreOption = Path("data/store"),
+    extracts: ExtractsOption = None,
+    store: StoreOption = DEFAULT_STORE,
     rulebook: RulebookOption = None,
     buckets: BucketsOption = None,
     debug: DebugOption = False,
@@ -259,57 +289,41 @@ def check(
 
     Prints the summary and guard figures with quarantine counts by rule; when a guard would stop
     the month, the rejected rows are written to <store>/_rejected/ and named."""
-    from billing_tiers.history import plan_run
+    from billing_tiers.service import run_request
 
     def action() -> dict[str, Any]:
-        from flows.run_month import run_month
-
-        target = parse_month(month)
-        _check_extract_footers(extracts, [target])
-        with _writer(store, rulebook, f"check --month {month}") as the_store:
-            plan = plan_run(the_store, target)
-            _refuse_rulebook(the_store, plan.build_on, rulebook)
-            try:
-                return run_month(
-                    store=the_store,
-                    extracts=extracts,
-                    month=target,
-                    build_on=plan.build_on,
-                    rulebook=load_rulebook(rulebook),
-                    rulebook_path=rulebook,
-                    override_guards=False,
-                    buckets=buckets,
-                    dry_run=True,
-                )
-            except PipelineError as exc:
-                figures = getattr(exc, "guards", None)
-                if figures is not None:
-                    _print_guards(figures.as_dict(), getattr(exc, "quarantine_by_rule", {}))
-                raise
+        request = _request("check", store=store, first=parse_month(month), extracts=extracts, rulebook=rulebook,
+                           buckets=buckets)  # fmt: skip
+        try:
+            return run_request(request)[0]
+        except PipelineError as exc:
+            figures = getattr(exc, "guards", None)
+            if figures is not None:
+                _print_guards(figures.as_dict(), getattr(exc, "quarantine_by_rule", {}))
+            raise
 
     manifest = _guarded(debug, action)
     _print_summary([manifest])
     _print_guards(manifest["guards"], manifest["quarantine_by_rule"])
-    console.print(f"check {month}: run would publish", highlight=False)
+    display.line(f"check {month}: run would publish")
 
 
 def _print_guards(guards: dict[str, Any], quarantine_by_rule: dict[str, int]) -> None:
-    console.print(
+    display.line(
         f"guards: {guards['quarantined_rows']} of {guards['rows_after_duplicates']} rows quarantined "
-        f"(ratio {guards['quarantine_ratio']:.4%}, max {guards['max_quarantine_ratio']}); "
+        f"(ratio {guards['quarantine_ratio']:.4%}, max {float(guards['max_quarantine_ratio']):.4%}); "
         f"{guards['missing_subscribers']} of {guards['previous_subscribers']} previous subscribers missing "
-        f"(ratio {guards['missing_ratio']:.4%}, max {guards['max_missing_ratio']})",
-        highlight=False,
+        f"(ratio {guards['missing_ratio']:.4%}, max {float(guards['max_missing_ratio']):.4%})"
     )
     for rule, count in quarantine_by_rule.items():
-        console.print(f"  quarantined by {rule}: {count}", highlight=False)
+        display.line(f"  quarantined by {rule}: {count}")
 
 
 @app.command()
 def run(
     month: Annotated[str, typer.Option("--month", help="Billing month YYYY-MM.")],
-    extracts: ExtractsOption = Path("data/sample/extracts"),
-    store: StoreOption = Path("data/store"),
+    extracts: ExtractsOption = None,
+    store: StoreOption = DEFAULT_STORE,
     rulebook: RulebookOption = None,
     override_guards: OverrideOption = False,
     buckets: BucketsOption = None,
@@ -320,24 +334,9 @@ def run(
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
 
     def action() -> list[dict[str, Any]]:
-        from billing_tiers.history import plan_run
-
-        target = parse_month(month)
-        _check_extract_footers(extracts, [target])
-        with _writer(store, rulebook, f"run --month {month}") as the_store:
-            _refuse_rulebook(the_store, plan_run(the_store, target).build_on, rulebook)
-            monthly = _start_prefect(debug)
-            flow = monthly.monthly_tiers.with_options(
-                task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
-            )
-            result: list[dict[str, Any]] = flow(
-                month=month_label(target),
-                extracts=str(extracts),
-                store=str(store),
-                rulebook=str(rulebook) if rulebook else None,
-                override_guards=override_guards,
-                buckets=buckets,
-            )
+        request = _request("run", store=store, first=parse_month(month), extracts=extracts, rulebook=rulebook,
+                           override_guards=override_guards, buckets=buckets)  # fmt: skip
+        result: list[dict[str, Any]] = _run_with_prefect(request, debug, dask_address, dask_workers)
         return result
 
     _print_summary(_guarded(debug, action))
@@ -347,8 +346,8 @@ def run(
 def backfill(
     start: Annotated[str, typer.Option("--from", help="First billing month to recompute.")],
     end: Annotated[str | None, typer.Option("--to", help="Last month (default: latest with an extract).")] = None,
-    extracts: ExtractsOption = Path("data/sample/extracts"),
-    store: StoreOption = Path("data/store"),
+    extracts: ExtractsOption = None,
+    store: StoreOption = DEFAULT_STORE,
     rulebook: RulebookOption = None,
     override_guards: OverrideOption = False,
     buckets: BucketsOption = None,
@@ -359,28 +358,10 @@ def backfill(
     """Recompute months in order from --from through --to, replacing what was published."""
 
     def action() -> list[dict[str, Any]]:
-        from billing_tiers.history import plan_backfill
-
-        first = parse_month(start)
-        last = parse_month(end) if end else None
-        with _writer(store, rulebook, f"backfill --from {start}") as the_store:
-            plan = plan_backfill(the_store, extracts, first, last)
-            _refuse_rulebook(the_store, plan.build_on, rulebook)
-            _check_extract_footers(extracts, plan.months)
-            monthly = _start_prefect(debug)
-            flow = monthly.backfill_tiers.with_options(
-                task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
-            )
-            with progress.months(len(plan.months)):
-                result: list[dict[str, Any]] = flow(
-                    start=month_label(first),
-                    end=month_label(last) if last else None,
-                    extracts=str(extracts),
-                    store=str(store),
-                    rulebook=str(rulebook) if rulebook else None,
-                    override_guards=override_guards,
-                    buckets=buckets,
-                )
+        request = _request("backfill", store=store, first=parse_month(start), last=parse_month(end) if end else None,
+                           extracts=extracts, rulebook=rulebook, override_guards=override_guards,
+                           buckets=buckets)  # fmt: skip
+        result: list[dict[str, Any]] = _run_with_prefect(request, debug, dask_address, dask_workers)
         return result
 
     _print_summary(_guarded(debug, action))
@@ -388,34 +369,43 @@ def backfill(
 
 @app.command()
 def status(
-    store: StoreOption = Path("data/store"),
-    extracts: ExtractsOption = Path("data/sample/extracts"),
-    as_json: Annotated[bool, typer.Option("--json", metavar=" ", help="Print JSON instead of a table.")] = False,
+    store: StoreOption = DEFAULT_STORE,
+    extracts: ExtractsOption = None,
+    as_json: JsonOption = False,
     check: Annotated[
         bool,
         typer.Option(
             "--check",
             metavar=" ",
-            help="Exit 3 if the store is missing or not initialised, a month is stale or incomplete, "
+            help="Exit 3 if the store is missing or not initialised, a month is stale or damaged, "
             "or the store is behind the extracts.",
         ),
     ] = False,
     debug: DebugOption = False,
 ) -> None:
-    """List published months, their manifests, and any month that is stale, incomplete or not yet run."""
+    """List published months, their manifests, and any month that is stale, damaged or not yet run."""
     from billing_tiers.history import store_status
+    from billing_tiers.service import resolve_extracts
     from billing_tiers.store import Store, extract_months
 
     try:
         the_store = Store(store).require()
     except PipelineError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
+        display.error(str(exc))
         raise typer.Exit(3 if check else 2) from None
     statuses = _guarded(debug, lambda: store_status(the_store))
     pending = the_store.pending_publishes()
     rejected = [month_label(m) for m in the_store.rejected_months()]
     latest = statuses[-1].month if statuses else None
-    behind = [month_label(m) for m in extract_months(extracts) if latest is None or m > latest]
+    try:
+        extracts_root: Path | None = resolve_extracts(the_store, extracts)
+    except PipelineError:
+        extracts_root = None  # no folder recorded: "behind" cannot be judged
+    behind = (
+        [month_label(m) for m in extract_months(extracts_root) if latest is None or m > latest]
+        if extracts_root is not None
+        else []
+    )
     rows = [
         {
             "billing_month": month_label(s.month),
@@ -431,27 +421,33 @@ def status(
         for s in statuses
     ]
     if as_json:
-        report = {"months": rows, "behind": behind, "rejected": rejected, "interrupted_publishes": pending}
-        print(json.dumps(report, indent=2))
+        report = {
+            "store": str(store),
+            "extracts": str(extracts_root) if extracts_root is not None else None,
+            "months": rows,
+            "behind": behind,
+            "rejected": rejected,
+            "interrupted_publishes": pending,
+        }
+        display.print_json(report)
     else:
         columns = ("billing_month", "status", "built_from", "run_id", "buckets", "tier_rows", "quarantined")
-        table = Table(title=f"store {store}")
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*[str(row[c]) if row[c] is not None else "-" for c in columns])
-        console.print(table)
+        display.table(f"store {store}", columns, ([row[c] for c in columns] for row in rows))
         if not rows:
-            console.print("no month published yet")
+            display.line("no month published yet")
+        if extracts_root is None:
+            display.line("extracts: none recorded (give --extracts, or record one with `billing-tiers init`)")
         if behind:
-            console.print(f"behind: extracts under {extracts} not yet published: {', '.join(behind)}", highlight=False)
+            display.line(
+                f"behind: extracts under {display.literal(extracts_root)} not yet published: {', '.join(behind)}"
+            )
         for month in rejected:
-            console.print(
-                f"rejected: {month} was stopped by a guard; rows in {the_store.rejected_file(parse_month(month))}",
-                highlight=False,
+            display.line(
+                f"rejected: {month} was stopped by a guard; rows in "
+                f"{display.literal(the_store.rejected_file(parse_month(month)))}"
             )
         if pending:
-            console.print(f"interrupted publishes (finished by the next run or backfill): {', '.join(pending)}")
+            display.line(f"interrupted publishes (finished by the next run or backfill): {', '.join(pending)}")
     if check and (any(not s.healthy for s in statuses) or pending or behind):
         raise typer.Exit(3)
 
@@ -461,79 +457,31 @@ def explain(
     month: Annotated[str, typer.Option("--month", help="Billing month YYYY-MM.")],
     subscriber: Annotated[str, typer.Option("--subscriber", help="subscriber_id")],
     program: Annotated[str | None, typer.Option("--program", help="Only this program.")] = None,
-    store: StoreOption = Path("data/store"),
+    store: StoreOption = DEFAULT_STORE,
     rulebook: RulebookOption = None,
+    as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Say why a subscriber has the level it has in a month: metrics, thresholds, action, what holds a
-    retained level, which eligibility condition fails, and for a quarantined row which rule broke."""
+    retained level, which eligibility condition fails, whether it is at risk and what it needs, and
+    for a quarantined row which rule broke."""
+    from billing_tiers.explain import explain_member
+    from billing_tiers.store import Store
 
-    def action() -> list[dict[str, Any]]:
-        the_store = _reading(store)
-        frame = the_store.read_table("tier_assignments", parse_month(month))
-        import polars as pl
+    def action() -> Any:
+        return explain_member(Store(store).require(), parse_month(month), subscriber, program, load_rulebook(rulebook))
 
-        rows = frame.filter(pl.col("subscriber_id") == subscriber)
-        if program:
-            rows = rows.filter(pl.col("program") == program)
-        if rows.height == 0:
-            raise PipelineError(
-                f"month {month}: no tier row for subscriber {subscriber!r}"
-                + (f" in program {program}" if program else "")
-            )
-        return rows.to_dicts()
-
-    from billing_tiers.member import failing_condition, last_seen_attributes, why_held
-
-    rows = _guarded(debug, action)
-    the_store = _reading(store)
-    target = parse_month(month)
-    rules = _guarded(debug, lambda: load_rulebook(rulebook))
-    attributes = last_seen_attributes(the_store, target, subscriber)
-    for row in rows:
-        console.print(f"[bold]{row['program']}[/bold] {subscriber} {month} (evaluated {row['evaluated_on']})")
-        console.print(
-            f"  action {row['action']}: {row['previous_level'] or 'none'} -> {row['level'] or 'none'}"
-            f" (qualified: {row['qualified_level'] or 'none'}), effective {row['effective_on'] or '-'}",
-            highlight=False,
+    explained, notes = _guarded(debug, action)
+    if as_json:
+        display.print_json(
+            [{**item.row, "billing_month": month, "at_risk": item.at_risk, "lines": item.lines} for item in explained]
         )
-        if row["valid_until"]:
-            console.print(
-                f"  valid {row['valid_from']} .. {row['valid_until']}, card {row['card_id'] or '-'}",
-                highlight=False,
-            )
-        held = why_held(row)
-        reason = row["reason"] or held or "(level unchanged)"
-        code = f" [{row['reason_code']}]" if row["reason_code"] else ""
-        console.print(f"  reason{code}: {reason}", highlight=False, markup=False)
-        if not row["eligible"]:
-            failing = failing_condition(rules, row["program"], attributes) if attributes else None
-            console.print(
-                f"  not eligible: {failing or 'attributes not kept (the subscriber left the state)'}",
-                highlight=False,
-                markup=False,
-            )
-        console.print(
-            f"  billed_6m {row['billed_6m']}, avg_billed_6m {row['avg_billed_6m']}, month_paid {row['month_paid']},"
-            f" cum_paid {row['cum_paid']}, tenure_years {row['tenure_years']}, suspensions_6m"
-            f" {row['suspensions_6m']}, points {row['points_balance']}, score {row['score']},"
-            f" present {row['present']}, eligible {row['eligible']}",
-            highlight=False,
-        )
-    if rows and not rows[0]["present"]:
-        import polars as pl
-
-        quarantined = pl.scan_parquet(the_store.month_dir("quarantine", target) / "*.parquet")
-        found = quarantined.filter(pl.col("subscriber_id") == subscriber).collect()
-        for q in found.iter_rows(named=True):
-            console.print(
-                f"  quarantined this month: rule {q['rule']} in {q['source_file']} row {q['source_row']}"
-                f" ({q['broken_rules']})",
-                highlight=False,
-                markup=False,
-            )
-        if found.height == 0:
-            console.print("  absent this month: no row in the extract", highlight=False)
+        return
+    for item in explained:
+        for text in item.lines:
+            display.line(text)
+    for text in notes:
+        display.line(text)
 
 
 @app.command()
@@ -542,19 +490,20 @@ def report(
     out: Annotated[
         Path | None, typer.Option("--out", help="HTML file (default: <store>/manifests/billing_month=B/report.html).")
     ] = None,
-    store: StoreOption = Path("data/store"),
+    store: StoreOption = DEFAULT_STORE,
     debug: DebugOption = False,
 ) -> None:
     """Write the month's report: one self-contained HTML file (charts and tables; opens offline)."""
 
     def action() -> Path:
         from billing_tiers.report import default_report_path, write_month_report
+        from billing_tiers.store import Store
 
-        the_store = _reading(store)
+        the_store = Store(store).require()
         billing_month = parse_month(month)
         return write_month_report(the_store, billing_month, out or default_report_path(the_store, billing_month))
 
-    console.print(f"report written to {_guarded(debug, action)}", highlight=False, markup=False)
+    display.line(f"report written to {display.literal(_guarded(debug, action))}")
 
 
 @app.command()
@@ -564,95 +513,113 @@ def simulate(
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for the simulated tables and the row diff (Parquet).")
     ] = None,
-    extracts: ExtractsOption = Path("data/sample/extracts"),
-    store: StoreOption = Path("data/store"),
+    extracts: ExtractsOption = None,
+    store: StoreOption = DEFAULT_STORE,
     buckets: BucketsOption = None,
+    as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Evaluate a month on its published history with another rulebook; writes nothing to the store.
 
     Prints per program the published and simulated level counts, the transition matrix and the card
     events that would differ."""
+    from billing_tiers.service import check_extract_footers, resolve_extracts
+    from billing_tiers.store import Store
     from flows.simulate import simulate_month
 
     def action() -> Any:
         target = parse_month(month)
-        _check_extract_footers(extracts, [target])
+        rules = load_rulebook(rulebook)
+        the_store = Store(store).require()
+        root = resolve_extracts(the_store, extracts)
+        check_extract_footers(root, [target])
         return simulate_month(
-            store=_reading(store),
-            extracts=extracts,
+            store=the_store,
+            extracts=root,
             month=target,
-            rulebook=load_rulebook(rulebook),
+            rulebook=rules,
             rulebook_path=rulebook,
             buckets=buckets,
             out=out,
         )
 
     result = _guarded(debug, action)
-    if not result.published:
-        console.print(f"{month} is not published: showing the simulated counts only", highlight=False)
-    for title, frame in (
-        ("level counts: published vs simulated", result.level_counts),
-        ("transitions: published level -> simulated level", result.transitions),
-        ("card events that would differ", result.card_differences),
-    ):
-        table = Table(title=f"{month}: {title}")
-        for column in frame.columns:
-            table.add_column(column)
-        for row in frame.iter_rows():
-            table.add_row(*["-" if value is None else str(value) for value in row])
-        console.print(table)
-    console.print(
-        f"{result.changed_rows} tier rows would change; {result.card_differences.height} card events differ"
-        + (f"; simulated tables and diff written to {out}" if out else ""),
-        highlight=False,
+    sections = (
+        ("level_counts", "level counts: published vs simulated", result.level_counts),
+        ("transitions", "transitions: published level -> simulated level", result.transitions),
+        ("card_differences", "card events that would differ", result.card_differences),
     )
+    if as_json:
+        display.print_json(
+            {
+                "billing_month": month,
+                "published": result.published,
+                "changed_rows": result.changed_rows,
+                **{key: frame.to_dicts() for key, _, frame in sections},
+                "out": str(out) if out else None,
+            }
+        )
+        return
+    if not result.published:
+        display.line(f"{month} is not published: showing the simulated counts only")
+    for _, title, frame in sections:
+        display.table(f"{month}: {title}", frame.columns, frame.iter_rows())
+    display.line(
+        f"{result.changed_rows} tier rows would change; {result.card_differences.height} card events differ"
+        + (f"; simulated tables and diff written to {display.literal(out)}" if out else "")
+    )
+
+
+HISTORY_COLUMNS = (
+    "billing_month", "action", "previous_level", "level", "qualified_level", "valid_from", "valid_until",
+    "effective_on", "card_id", "reason_code", "billed_6m", "avg_billed_6m", "month_paid", "cum_paid", "present",
+)  # fmt: skip
+CARD_COLUMNS = ("billing_month", "program", "event", "reason", "level", "card_id", "effective_on")
 
 
 @app.command()
 def history(
     subscriber: Annotated[str, typer.Option("--subscriber", help="subscriber_id")],
     program: Annotated[str | None, typer.Option("--program", help="Only this program.")] = None,
-    store: StoreOption = Path("data/store"),
+    store: StoreOption = DEFAULT_STORE,
+    as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Every published month of one member: levels, actions, validity, effective dates, metrics,
     cards and quarantine reasons. Reads only the store."""
     from billing_tiers.member import member_history
+    from billing_tiers.store import Store
 
-    found = _guarded(debug, lambda: member_history(_reading(store), subscriber, program))
+    found = _guarded(debug, lambda: member_history(Store(store).require(), subscriber, program))
     if found.tiers.height == 0 and found.quarantine.height == 0:
-        errors.print(f"error: store {store}: no published month has subscriber {subscriber!r}", markup=False)
+        display.error(f"store {store}: no published month has subscriber '{display.literal(subscriber)}'")
         raise typer.Exit(2)
-    columns = (
-        "billing_month", "action", "previous_level", "level", "qualified_level", "valid_from", "valid_until",
-        "effective_on", "card_id", "reason_code", "billed_6m", "avg_billed_6m", "month_paid", "cum_paid", "present",
-    )  # fmt: skip
+    if as_json:
+        display.print_json(
+            {
+                "subscriber_id": subscriber,
+                "tier_assignments": found.tiers.to_dicts(),
+                "card_issuance": found.cards.to_dicts(),
+                "quarantine": found.quarantine.to_dicts(),
+            }
+        )
+        return
     for (name,), rows in found.tiers.group_by("program", maintain_order=True):
-        table = Table(title=f"{subscriber} in {name}")
-        for column in columns:
-            table.add_column(column)
-        for row in rows.iter_rows(named=True):
-            table.add_row(*["-" if row[c] is None else str(row[c]) for c in columns])
-        console.print(table)
+        display.table(
+            f"{display.literal(subscriber)} in {name}",
+            HISTORY_COLUMNS,
+            ([row[c] for c in HISTORY_COLUMNS] for row in rows.iter_rows(named=True)),
+        )
     if found.cards.height:
-        table = Table(title=f"{subscriber}: card events")
-        for column in ("billing_month", "program", "event", "reason", "level", "card_id", "effective_on"):
-            table.add_column(column)
-        for row in found.cards.iter_rows(named=True):
-            table.add_row(
-                *[
-                    str(row[c])
-                    for c in ("billing_month", "program", "event", "reason", "level", "card_id", "effective_on")
-                ]
-            )
-        console.print(table)
+        display.table(
+            f"{display.literal(subscriber)}: card events",
+            CARD_COLUMNS,
+            ([row[c] for c in CARD_COLUMNS] for row in found.cards.iter_rows(named=True)),
+        )
     for row in found.quarantine.iter_rows(named=True):
-        console.print(
-            f"{row['billing_month']}: quarantined, rule {row['rule']} in {row['source_file']} row {row['source_row']}"
-            f" ({row['broken_rules']})",
-            highlight=False,
-            markup=False,
+        display.line(
+            f"{row['billing_month']}: quarantined, rule {row['rule']} in {display.literal(row['source_file'])} "
+            f"row {row['source_row']} ({display.literal(row['broken_rules'])})"
         )
 
 

@@ -1,80 +1,73 @@
-"""Progress of a multi-month command: a bar with month i of N and the time left in a terminal,
-one plain line per month otherwise (logs, CI, cron).
+"""The command line's :class:`~billing_tiers.service.RunListener`: notices on stderr, and the progress
+of a multi-month command: a bar with month i of N and the time left in a terminal, one plain line per
+month otherwise (logs, CI, cron).
 
-The CLI opens a :func:`months` context around a backfill; the flow, running in the same process,
-calls :func:`month_done` after each published month. Without an open context it does nothing, so
-flows started by a Prefect worker are unaffected.
+The estimate counts from the start of the first month, not from the command's start, so Prefect's
+start-up does not inflate it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import datetime as dt
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-
-@dataclass
-class _Tracker:
-    total: int
-    started: float = field(default_factory=time.monotonic)
-    done: int = 0
-    bar: Progress | None = None
-    task: Any = None
+from billing_tiers import display
+from billing_tiers.months import month_label
 
 
-_current: _Tracker | None = None
+class ConsoleListener:
+    """Reports a session to the person or script that started the command."""
 
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.started: float | None = None
+        self.bar: Progress | None = None
+        self.task: Any = None
 
-@contextlib.contextmanager
-def months(total: int) -> Iterator[None]:
-    """Report progress over ``total`` months until the context ends."""
-    global _current
-    console = Console(stderr=True)
-    tracker = _Tracker(total=total)
-    if sys.stderr.isatty() and total > 1:
-        tracker.bar = Progress(
-            TextColumn("[bold]backfill"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("months"),
-            TimeElapsedColumn(),
-            TextColumn("left"),
-            TimeRemainingColumn(),
-            TextColumn("{task.description}"),
-            console=console,
-            transient=False,
+    def notice(self, message: str) -> None:
+        display.line(display.literal(message), stderr=True)
+
+    def month_started(self, month: dt.date, index: int, total: int) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+            if sys.stderr.isatty() and total > 1:
+                self.bar = Progress(
+                    TextColumn(self.command),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("months"),
+                    TimeElapsedColumn(),
+                    TextColumn("left"),
+                    TimeRemainingColumn(),
+                    TextColumn("{task.description}"),
+                    console=display.err(),
+                    transient=False,
+                )
+                self.task = self.bar.add_task(month_label(month), total=total)
+                self.bar.start()
+
+    def month_done(self, manifest: dict[str, Any], index: int, total: int) -> None:
+        label = manifest["billing_month"]
+        done = index + 1
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, description=label)
+            if done == total:
+                self.close()
+            return
+        if total <= 1:
+            return
+        elapsed = time.monotonic() - (self.started or time.monotonic())
+        left = elapsed / done * (total - done)
+        display.line(
+            f"{self.command}: month {done} of {total} ({label}) done; {elapsed:.0f} s elapsed, about {left:.0f} s left",
+            stderr=True,
         )
-        tracker.task = tracker.bar.add_task("", total=total)
-        tracker.bar.start()
-    _current = tracker
-    try:
-        yield
-    finally:
-        _current = None
-        if tracker.bar is not None:
-            tracker.bar.stop()
 
-
-def month_done(label: str) -> None:
-    """One more month is published."""
-    tracker = _current
-    if tracker is None:
-        return
-    tracker.done += 1
-    elapsed = time.monotonic() - tracker.started
-    if tracker.bar is not None:
-        tracker.bar.update(tracker.task, advance=1, description=label)
-        return
-    left = elapsed / tracker.done * (tracker.total - tracker.done)
-    print(
-        f"backfill: month {tracker.done} of {tracker.total} ({label}) published; "
-        f"{elapsed:.0f} s elapsed, about {left:.0f} s left",
-        file=sys.stderr,
-        flush=True,
-    )
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -226,19 +226,49 @@ class Store:
     def is_initialised(self) -> bool:
         return self.marker_file.is_file()
 
-    def initialise(self) -> bool:
-        """Create the store (the folder and its marker); False if it already is one.
+    def initialise(self, extracts: Path | None = None) -> bool:
+        """Create the store (the folder and its marker, recording ``extracts`` if given); False if it
+        already is one (then only a newly given extracts folder is recorded).
 
         A folder that exists, is not empty and is not a store is refused: a store is never laid
         over other files."""
         if self.is_initialised():
+            if extracts is not None:
+                self.record_extracts(extracts)
             return False
         if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
             raise PipelineError(f"store {self.root}: the folder exists and is not empty; choose a new folder")
         self.root.mkdir(parents=True, exist_ok=True)
-        marker = {"format": STORE_FORMAT, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        marker: dict[str, Any] = {
+            "format": STORE_FORMAT,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "extracts": str(extracts.resolve()) if extracts is not None else None,
+        }
         _write_bytes_atomically(self.marker_file, json.dumps(marker, indent=2).encode())
         return True
+
+    def _marker(self) -> dict[str, Any]:
+        try:
+            marker = json.loads(self.marker_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PipelineError(
+                f"store {self.root}: its marker {self.marker_file} cannot be read ({exc}); restore it, or make "
+                f"a new store with `billing-tiers init`"
+            ) from None
+        if not isinstance(marker, dict):
+            raise PipelineError(f"store {self.root}: its marker {self.marker_file} is not a JSON object")
+        return marker
+
+    def recorded_extracts(self) -> Path | None:
+        """The extracts folder recorded by ``init --extracts`` (None when none was)."""
+        recorded = self._marker().get("extracts")
+        return Path(recorded) if recorded else None
+
+    def record_extracts(self, extracts: Path) -> None:
+        """Record (or change) the store's extracts folder in its marker."""
+        marker = self._marker()
+        marker["extracts"] = str(extracts.resolve())
+        _write_bytes_atomically(self.marker_file, json.dumps(marker, indent=2).encode())
 
     def require(self) -> Store:
         """This store, or a PipelineError naming the path and pointing to ``init`` (creates nothing)."""
@@ -251,7 +281,7 @@ class Store:
                 f"store {self.root} is not an initialised store (no {MARKER_FILE}); "
                 f"create one with `billing-tiers init --store DIR`"
             )
-        marker = json.loads(self.marker_file.read_text(encoding="utf-8"))
+        marker = self._marker()
         if marker.get("format") != STORE_FORMAT:
             raise PipelineError(
                 f"store {self.root} has format {marker.get('format')}, this version reads format {STORE_FORMAT}"
@@ -414,14 +444,6 @@ class Store:
         The lock is an OS file lock: the kernel releases it when its holder dies, so a lock left by
         a killed run is taken over by the next one without any manual step.
         """
-        key = self.root.resolve()
-        if key in _HELD_LOCKS:  # this process holds it already (the CLI holds it around the flow)
-            _HELD_LOCKS[key] += 1
-            try:
-                yield
-            finally:
-                _HELD_LOCKS[key] -= 1
-            return
         lock = FileLock(self.lock_file, blocking=False)
         try:
             lock.acquire()
@@ -432,7 +454,6 @@ class Store:
             raise PipelineError(
                 f"store {self.root} is in use by another run ({owner or 'owner unknown'}); try again when it ends"
             ) from None
-        _HELD_LOCKS[key] = 1
         try:
             self.lock_owner_file.write_text(
                 f"pid {os.getpid()}, {command}, since {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%SZ}\n",
@@ -440,7 +461,6 @@ class Store:
             )
             yield
         finally:
-            del _HELD_LOCKS[key]
             with contextlib.suppress(OSError):
                 self.lock_owner_file.unlink()
             lock.release()
@@ -462,8 +482,3 @@ def read_verified(path: Path, sha256: str | None, *, table: str, month: dt.date)
     import io
 
     return pl.read_parquet(io.BytesIO(data))
-
-
-_HELD_LOCKS: dict[Path, int] = {}
-"""Stores whose writer lock this process holds, with the nesting depth: the lock is taken once,
-before Prefect starts, and every nested ``writer_lock`` of the same store shares it."""

@@ -1,10 +1,11 @@
 """The Prefect flows: ``monthly_tiers`` evaluates one billing month, ``backfill_tiers`` a range.
 
-Both take the store's single-writer lock, finish any interrupted publish, check that the months may
-be built (ordering, staleness), then call :func:`flows.run_month.run_month` for each month, with
-the month's buckets mapped as Prefect tasks over the flow's task runner: one bucket at a time in
-this process by default, or a Dask cluster (:func:`task_runner`). Prefect's task cache is off
-everywhere: correctness never depends on it.
+Each is a thin adapter around the application layer (:mod:`billing_tiers.service`): it turns its
+parameters into a request, opens the session (rulebook, store lock, recovery, plan, checks) and runs
+its months with the buckets mapped as Prefect tasks over the flow's task runner: one bucket at a time
+in this process by default, or a Dask cluster (:func:`task_runner`). ``run_prepared`` is the command
+line's flow, for a session the CLI has already opened. Prefect's task cache is off everywhere:
+correctness never depends on it.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from billing_tiers import progress
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import Plan, plan_backfill, plan_run, refuse_rulebook_change
 from billing_tiers.months import parse_month
+from billing_tiers.service import Command, LoggingListener, RunRequest, Session, open_session, run_session
 from billing_tiers.store import Store
 from flows.bucket import BucketJob, BucketResult
-from flows.run_month import run_month
-from rulebook import load_rulebook
 
 
 def task_runner(*, dask_address: str | None = None, dask_workers: int | None = None) -> TaskRunner[Any]:
@@ -51,6 +49,12 @@ def task_runner(*, dask_address: str | None = None, dask_workers: int | None = N
             }
         )
     return ThreadPoolTaskRunner(max_workers=1)
+
+
+def backfill_run_name() -> str:
+    """``backfill-2024-03-to-2024-06``, or ``...-to-latest`` when no end month is given."""
+    parameters = prefect.runtime.flow_run.parameters
+    return f"backfill-{parameters.get('start')}-to-{parameters.get('end') or 'latest'}"
 
 
 def _map_as_tasks(work: Callable[[BucketJob], BucketResult], jobs: Sequence[BucketJob]) -> list[BucketResult]:
@@ -84,109 +88,101 @@ def _report(store: Store, month: dt.date, manifest: dict[str, Any], *, html: boo
         logger.warning("month %s: the month report could not be written: %s", label, exc)
 
 
-def _run_plan(
-    plan: Plan,
-    *,
-    store: Store,
-    extracts: Path,
-    rulebook_path: Path | None,
-    override_guards: bool,
-    buckets: int | None,
-) -> list[dict[str, Any]]:
-    rulebook = load_rulebook(rulebook_path)
-    refuse_rulebook_change(store, plan.build_on, rulebook)
+def _execute(session: Session) -> list[dict[str, Any]]:
+    """Run an opened session's months with the buckets as Prefect tasks, reporting each month."""
     logger = get_run_logger()
-    manifests = []
-    build_on = plan.build_on
-    for month in plan.months:
-        manifest = run_month(
-            store=store,
-            extracts=extracts,
-            month=month,
-            build_on=build_on,
-            rulebook=rulebook,
-            rulebook_path=rulebook_path,
-            override_guards=override_guards,
-            buckets=buckets,
-            map_buckets=_map_as_tasks,
-            logger=logger,
-            flow_run_id=str(prefect.runtime.flow_run.id) if prefect.runtime.flow_run.id else None,
-        )
-        progress.month_done(manifest["billing_month"])
-        _report(store, month, manifest, html=month == plan.months[-1], logger=logger)
-        manifests.append(manifest)
-        build_on = month
-    return manifests
+    flow_run_id = prefect.runtime.flow_run.id
+
+    def report(month: dt.date, manifest: dict[str, Any], is_last: bool) -> None:
+        _report(session.store, month, manifest, html=is_last, logger=logger)
+
+    return run_session(
+        session,
+        map_buckets=_map_as_tasks,
+        logger=logger,
+        flow_run_id=str(flow_run_id) if flow_run_id else None,
+        after_month=report,
+    )
 
 
-def _locked_run(
-    command: str,
-    make_plan: Callable[[Store], Plan],
+def _request(
+    command: Command,
     *,
+    first: str,
+    last: str | None,
     store: str,
-    extracts: str,
+    extracts: str | None,
     rulebook: str | None,
     override_guards: bool,
     buckets: int | None,
-) -> list[dict[str, Any]]:
-    """Under the store's lock: finish any interrupted publish, plan, and run the planned months."""
-    for name, value in (("extracts", extracts), ("store", store)):
-        if not value or not value.strip():
-            raise PipelineError(f"parameter {name} is empty: give the {name} folder")
-    the_store = Store(Path(store)).require()
-    with the_store.writer_lock(command):
-        for line in the_store.recover():
-            get_run_logger().warning("store %s: %s", the_store.root, line)
-        return _run_plan(
-            make_plan(the_store),
-            store=the_store,
-            extracts=Path(extracts),
-            rulebook_path=Path(rulebook) if rulebook else None,
-            override_guards=override_guards,
-            buckets=buckets,
+) -> RunRequest:
+    if not store or not store.strip():
+        raise PipelineError("parameter store is empty: give the store folder")
+    if extracts is not None and not extracts.strip():
+        raise PipelineError(
+            "parameter extracts is empty: give the extracts folder, or leave it out to use the one "
+            "the store recorded at init"
         )
+    return RunRequest(
+        command=command,
+        store=Path(store),
+        first=parse_month(first),
+        last=parse_month(last) if last else None,
+        extracts=Path(extracts) if extracts else None,
+        rulebook=Path(rulebook) if rulebook else None,
+        override_guards=override_guards,
+        buckets=buckets,
+    )
+
+
+@flow(
+    name="billing-tiers",
+    flow_run_name="{session.label}",
+    persist_result=False,
+    validate_parameters=False,
+    task_runner=task_runner(),
+)
+def run_prepared(session: Any) -> list[dict[str, Any]]:
+    """The command line's flow: a :class:`~billing_tiers.service.Session` the CLI has already opened
+    (checked, locked, planned). Typed ``Any`` for Prefect, which would build a parameter schema."""
+    if not isinstance(session, Session):
+        raise TypeError(f"run_prepared takes an opened Session, not {type(session).__name__}")
+    return _execute(session)
 
 
 @flow(name="monthly-tiers", flow_run_name="tiers-{month}", persist_result=False, task_runner=task_runner())
 def monthly_tiers(
     month: str,
-    extracts: str = "data/sample/extracts",
-    store: str = "data/store",
+    store: str,
+    extracts: str | None = None,
     rulebook: str | None = None,
     override_guards: bool = False,
     buckets: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
-    target = parse_month(month)
-    return _locked_run(
-        f"run --month {month}",
-        lambda the_store: plan_run(the_store, target),
-        store=store,
-        extracts=extracts,
-        rulebook=rulebook,
-        override_guards=override_guards,
-        buckets=buckets,
-    )
+    """Evaluate one billing month (the next one, or a rerun of the latest) and publish it.
+    ``extracts`` defaults to the folder the store recorded at ``init``."""
+    request = _request(
+        "run", first=month, last=None, store=store, extracts=extracts, rulebook=rulebook,
+        override_guards=override_guards, buckets=buckets,
+    )  # fmt: skip
+    with open_session(request, LoggingListener(get_run_logger())) as session:
+        return _execute(session)
 
 
-@flow(name="backfill-tiers", flow_run_name="backfill-{start}", persist_result=False, task_runner=task_runner())
+@flow(name="backfill-tiers", flow_run_name=backfill_run_name, persist_result=False, task_runner=task_runner())
 def backfill_tiers(
     start: str,
+    store: str,
     end: str | None = None,
-    extracts: str = "data/sample/extracts",
-    store: str = "data/store",
+    extracts: str | None = None,
     rulebook: str | None = None,
     override_guards: bool = False,
     buckets: int | None = None,
 ) -> list[dict[str, Any]]:
     """Re-evaluate ``start`` through ``end`` (default: the latest month with an extract), in order."""
-    first, last = parse_month(start), parse_month(end) if end else None
-    return _locked_run(
-        f"backfill --from {start}",
-        lambda the_store: plan_backfill(the_store, Path(extracts), first, last),
-        store=store,
-        extracts=extracts,
-        rulebook=rulebook,
-        override_guards=override_guards,
-        buckets=buckets,
-    )
+    request = _request(
+        "backfill", first=start, last=end, store=store, extracts=extracts, rulebook=rulebook,
+        override_guards=override_guards, buckets=buckets,
+    )  # fmt: skip
+    with open_session(request, LoggingListener(get_run_logger())) as session:
+        return _execute(session)
