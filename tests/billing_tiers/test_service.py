@@ -88,9 +88,10 @@ def test_the_session_holds_the_lock_until_it_closes(tmp_path: Path, extracts: Pa
     store = tmp_path / "store"
     Store(store).initialise(extracts)
     request = RunRequest(command="run", store=store, first=dt.date(2024, 1, 1))
-    with open_session(request), pytest.raises(PipelineError, match="is in use by another run"):
-        with open_session(request):
-            pass
+    with open_session(request):
+        blocked = open_session(request)
+        with pytest.raises(PipelineError, match="is in use by another run"):
+            blocked.__enter__()
     with open_session(request) as session:  # released: it opens again
         assert session.label == "tiers-2024-01"
 
