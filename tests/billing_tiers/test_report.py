@@ -460,7 +460,6 @@ def _drawn(png: bytes) -> tuple[float, int]:
 def test_every_chart_renders_in_chromium_and_the_page_fetches_nothing(
     store: Store, report: Path, browser: DevTools
 ) -> None:
-    started = time.monotonic()
     figures = month_report_figures(store, LAST)
     session = browser.open(report.as_uri())
 
@@ -482,7 +481,6 @@ def test_every_chart_renders_in_chromium_and_the_page_fetches_nothing(
     requested = browser.requested(session)
     assert requested, "the page load itself must be seen, or the network watch saw nothing"
     assert all(url.startswith(("file:", "data:")) for url in requested), requested
-    assert time.monotonic() - started < 30
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+import flows.scheduled as scheduled_module
 from billing_tiers.errors import PipelineError
 from flows.scheduled import (
     backfill_deployment_tiers,
@@ -66,13 +67,11 @@ def test_an_empty_path_is_refused_at_once_in_one_line_naming_the_parameter(
     parameter: str, blank: str, tmp_path: Path
 ) -> None:
     paths = {"extracts": str(SAMPLE), "store": str(tmp_path / "store"), parameter: blank}
-    # Before anything else: a bad month or time zone, or an impossible wait, would be reported later.
-    started = time.monotonic()
+    # Before anything else: a bad month or time zone, or an impossible wait, would be reported instead.
     with pytest.raises(PipelineError) as scheduled:
         scheduled_tiers.fn(**paths, month="2026-13", timezone="Mars/Olympus", extract_wait_retries=-1)
     with pytest.raises(PipelineError) as backfill:
         backfill_deployment_tiers.fn(start="not a month", **paths)
-    assert time.monotonic() - started < 1
     for error in (scheduled.value, backfill.value):
         message = str(error)
         assert message.startswith(f"parameter '{parameter}' is empty"), message
@@ -87,19 +86,33 @@ def test_an_empty_rulebook_is_refused_but_an_unset_one_is_the_default(tmp_path: 
         backfill_deployment_tiers.fn(start="2024-01", extracts=str(SAMPLE), store=str(tmp_path), rulebook="")
 
 
-def test_an_uninitialised_store_is_refused_before_any_wait(tmp_path: Path) -> None:
-    started = time.monotonic()
+@pytest.fixture
+def extract_waits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The months the flow started to wait for; a wait fails the test at once instead of sleeping."""
+    waited: list[str] = []
+
+    def no_wait(extracts: str, month: dt.date, retries: int, delay_seconds: int) -> None:
+        waited.append(str(month))
+        raise AssertionError(f"the run started waiting for the extract of {month} ({retries} x {delay_seconds} s)")
+
+    monkeypatch.setattr(scheduled_module, "_await_extract", no_wait)
+    return waited
+
+
+def test_an_uninitialised_store_is_refused_before_any_wait(tmp_path: Path, extract_waits: list[str]) -> None:
+    # 2030-01 has no extract: a wait before the store check would look for it for a day
     with pytest.raises(PipelineError, match="billing-tiers init"):
         scheduled_tiers.fn(
             extracts=str(SAMPLE), store=str(tmp_path / "typo"), month="2030-01", extract_wait_seconds=3600
         )
-    assert time.monotonic() - started < 1
+    assert extract_waits == []
     assert not (tmp_path / "typo").exists()
 
 
-def test_a_missing_extracts_folder_is_refused_at_once_not_waited_for(tmp_path: Path) -> None:
+def test_a_missing_extracts_folder_is_refused_at_once_not_waited_for(tmp_path: Path, extract_waits: list[str]) -> None:
     with pytest.raises(PipelineError, match=r"month 2024-03: the extracts folder .*nowhere does not exist"):
         scheduled_tiers.fn(extracts=str(tmp_path / "nowhere"), store=str(tmp_path), month="2024-03")
+    assert extract_waits == []
 
 
 # --------------------------------------------------------------------------- fast: the default month
@@ -382,12 +395,14 @@ def test_a_late_extract_is_looked_for_again_then_the_run_fails_naming_the_month(
 @pytest.mark.parametrize("parameter", ["store", "extracts"])
 def test_a_deployed_run_with_an_empty_path_fails_at_once_in_one_line(deployed: Deployed, parameter: str) -> None:
     # What an unset BILLING_TIERS_* variable deploys.
+    published = deployed.published()
     failed = deployed.run("scheduled-tiers/monthly", {parameter: ""})
     assert failed["state"]["type"] == "FAILED"
     assert _message(failed).endswith(
         f"PipelineError: parameter '{parameter}' is empty: give the {parameter} path "
         f"(prefect.yaml takes it from $BILLING_TIERS_{parameter.upper()} at deploy time)"
     )
+    # refused before anything ran: no extract wait (a task), no monthly or backfill flow, nothing published
     assert deployed.task_runs(failed["id"]) == []
-    started, ended = (dt.datetime.fromisoformat(failed[key]) for key in ("start_time", "end_time"))
-    assert (ended - started).total_seconds() < 5
+    assert deployed.children(failed["id"]) == []
+    assert deployed.published() == published
