@@ -102,14 +102,15 @@ def _quiet_prefect_tracebacks() -> None:
             handler.addFilter(_NoTracebacks())
 
 
-def _environment_failure(exc: BaseException) -> str | None:
-    """One line for a failure of the environment (disk full, read-only, permissions), or None."""
+def _environment_failure(exc: BaseException, store: Path | None) -> str | None:
+    """One line for a failure of the environment (disk full, read-only, permissions), or None.
+    Polars reports a failed write without the path: the store is named then."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _ENVIRONMENT_ADVICE:
-            where = current.filename or "the store"
+            where = current.filename or (f"the store {store}" if store else "the store")
             return f"cannot write {where}: {_ENVIRONMENT_ADVICE[current.errno]}; nothing was published"
         text = str(current)
         for code, words in (
@@ -118,12 +119,13 @@ def _environment_failure(exc: BaseException) -> str | None:
             (errno.EACCES, "Permission denied"),
         ):
             if words in text:
-                return f"cannot write the store: {_ENVIRONMENT_ADVICE[code]}; nothing was published"
+                where = f"the store {store}" if store else "the store"
+                return f"cannot write {where}: {_ENVIRONMENT_ADVICE[code]}; nothing was published"
         current = current.__cause__ or current.__context__
     return None
 
 
-def _guarded(debug: bool, action: Callable[[], T]) -> T:
+def _guarded(debug: bool, action: Callable[[], T], store: Path | None = None) -> T:
     try:
         return action()
     except (PipelineError, RulebookError) as exc:
@@ -139,7 +141,7 @@ def _guarded(debug: bool, action: Callable[[], T]) -> T:
     except Exception as exc:
         if debug:
             raise
-        failure = _environment_failure(exc)
+        failure = _environment_failure(exc, store)
         if failure is not None:
             display.error(failure)
             raise typer.Exit(2) from None
@@ -302,7 +304,7 @@ def check(
                 _print_guards(figures.as_dict(), getattr(exc, "quarantine_by_rule", {}))
             raise
 
-    manifest = _guarded(debug, action)
+    manifest = _guarded(debug, action, store)
     _print_summary([manifest])
     _print_guards(manifest["guards"], manifest["quarantine_by_rule"])
     display.line(f"check {month}: run would publish")
@@ -339,7 +341,7 @@ def run(
         result: list[dict[str, Any]] = _run_with_prefect(request, debug, dask_address, dask_workers)
         return result
 
-    _print_summary(_guarded(debug, action))
+    _print_summary(_guarded(debug, action, store))
 
 
 @app.command()
@@ -364,7 +366,7 @@ def backfill(
         result: list[dict[str, Any]] = _run_with_prefect(request, debug, dask_address, dask_workers)
         return result
 
-    _print_summary(_guarded(debug, action))
+    _print_summary(_guarded(debug, action, store))
 
 
 @app.command()

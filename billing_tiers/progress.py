@@ -63,7 +63,8 @@ class ConsoleListener:
         elapsed = time.monotonic() - (self.started or time.monotonic())
         left = elapsed / done * (total - done)
         display.line(
-            f"{self.command}: month {done} of {total} ({label}) done; {elapsed:.0f} s elapsed, about {left:.0f} s left",
+            f"{self.command}: month {done} of {total} ({label}) published; {elapsed:.0f} s elapsed, "
+            f"about {left:.0f} s left",
             stderr=True,
         )
 

@@ -145,8 +145,6 @@ def open_session(request: RunRequest, listener: RunListener | None = None) -> It
     rulebook = load_rulebook(request.rulebook)
     store = Store(request.store).require()
     extracts = resolve_extracts(store, request.extracts)
-    if request.command != "backfill":  # a backfill plans from the extract folders; check those first
-        extract_files(extracts, request.first)
     with store.writer_lock(request.label):
         for line in store.recover():
             listener.notice(f"store {store.root}: {line}")
