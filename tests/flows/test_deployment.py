@@ -360,7 +360,7 @@ def test_the_scheduled_run_catches_up_an_empty_store_then_a_backfill_run_republi
     scheduled = deployed.run("scheduled-tiers/monthly", {"month": "2024-02"})
     assert scheduled["state"]["type"] == "COMPLETED", f"{_message(scheduled)}\n{deployed.log_tail()}"
     assert scheduled["name"] == "scheduled-2024-02"
-    assert [run["name"] for run in deployed.children(scheduled["id"])] == ["backfill-2024-01"]
+    assert [run["name"] for run in deployed.children(scheduled["id"])] == ["backfill-2024-01-to-2024-02"]
     waits = [run for run in deployed.task_runs(scheduled["id"]) if run["name"].startswith("wait-for-extract")]
     assert [(run["name"], run["run_count"]) for run in waits] == [("wait-for-extract-2024-02", 1)]
     assert deployed.published() == ["2024-01", "2024-02"]
