@@ -17,6 +17,7 @@ members at risk, and the carried state and memberships after the month.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -310,18 +311,46 @@ class Decision:
 
 NO_DECISION = Decision(None, "none", [], None, None, None)
 
+OVERRIDE_ACTIONS = ("new", "upgrade", "renew", "downgrade")
+"""Actions whose reason is the override when a grant in force lifts Q (SPEC 9)."""
+
+
+@dataclass(frozen=True)
+class Override:
+    """An approved override in force for one (program, subscriber) in the month (SPEC 9)."""
+
+    override_id: str
+    program: str
+    subscriber_id: str
+    kind: Literal["grant", "block"]
+    level: str | None
+    reason: str
+
+
+def grant_reason(override: Override) -> str:
+    return f"override {override.override_id} grants {override.level}: {override.reason}"
+
+
+def block_reason(override: Override) -> str:
+    return f"blocked by override {override.override_id}: {override.reason}"
+
 
 class ReferenceModel:
-    def __init__(self, settings: Settings = DEFAULTS) -> None:
+    def __init__(self, settings: Settings = DEFAULTS, *, with_override_column: bool = False) -> None:
         self.settings = settings
         self.state: dict[str, Known] = {}
+        self.with_override_column = with_override_column
 
     def run_months(self, first: str, monthly_rows: list[list[dict[str, Any]]]) -> list[MonthResult]:
         start = month_index(first)
         return [self.run(month_label(start + offset), rows) for offset, rows in enumerate(monthly_rows)]
 
-    def run(self, month: str, rows: list[dict[str, Any]]) -> MonthResult:
+    def run(self, month: str, rows: list[dict[str, Any]], overrides: Sequence[Override] = ()) -> MonthResult:
+        """One month; ``overrides`` are the approved overrides in force for it (at most one per
+        program and subscriber)."""
         s = self.settings
+        in_force = {(o.program, o.subscriber_id): o for o in overrides}
+        assert len(in_force) == len(overrides), "at most one override in force per program and subscriber"
         b = month_index(month)
         evaluated_on = day_of(b + 1, s.evaluation_day)
         by_id = {r["subscriber_id"]: r for r in rows}
@@ -369,10 +398,23 @@ class ReferenceModel:
             for program in PROGRAMS:
                 held = known.memberships.get(program)
                 qualified = qualify(program, figures, cancelled)
-                d = self._carry(program, held, qualified, figures, b, subscriber_id, cancelled, forgotten, known)
-                code = d.code
+                override = in_force.get((program, subscriber_id))
+                granted = qualified  # Q' = max(Q, G) under a grant in force
+                if (
+                    override is not None
+                    and override.kind == "grant"
+                    and rank(program, override.level) > rank(program, qualified)
+                ):
+                    granted = override.level
+                if override is not None and override.kind == "block" and not leaves:
+                    d = self._block(program, held, override, b)
+                else:
+                    d = self._carry(program, held, granted, figures, b, subscriber_id, cancelled, forgotten, known)
+                code, reason = d.code, d.reason
                 if code == "missed":
                     code = "threshold_missed" if eligible(program, attrs) else "not_eligible"
+                if override is not None and granted != qualified and d.action in OVERRIDE_ACTIONS:
+                    code, reason = "override", grant_reason(override)
                 result.tiers.append(
                     {
                         "program": program,
@@ -386,7 +428,7 @@ class ReferenceModel:
                         "valid_until": d.after.valid_until if d.after else None,
                         "effective_on": d.effective_on,
                         "card_id": d.after.card_id if d.after else None,
-                        "reason": d.reason,
+                        "reason": reason,
                         "reason_code": code,
                         "eligible": eligible(program, attrs),
                         "present": row is not None,
@@ -401,6 +443,8 @@ class ReferenceModel:
                         "score": credit_parts(figures)[4] if program == CREDIT else None,
                     }
                 )
+                if self.with_override_column:
+                    result.tiers[-1]["override_id"] = override.override_id if override is not None else None
                 for event, reason, membership in d.cards:
                     result.cards.append(
                         {
@@ -420,7 +464,7 @@ class ReferenceModel:
                     known.memberships.pop(program, None)
                 else:
                     known.memberships[program] = d.after
-                risk = self._at_risk(program, d.after, qualified, b, known, figures)
+                risk = self._at_risk(program, d.after, granted, b, known, figures)
                 if risk is not None and not leaves:
                     result.at_risk.append({"program": program, "subscriber_id": subscriber_id, **risk})
 
@@ -506,6 +550,15 @@ class ReferenceModel:
             "qualified_level": qualified,
             "needed_next_month": None if needed is None else yuan(max(needed, 0)),
         }
+
+    def _block(self, program: str, held: Membership | None, override: Override, b: int) -> Decision:
+        """SPEC 9: a block in force terminates a level held (void ``blocked``) and keeps the member
+        in the state; with nothing held it is ``none``."""
+        if held is None:
+            return NO_DECISION
+        evaluated_on = day_of(b + 1, self.settings.evaluation_day)
+        voids = [("void", "blocked", held)] if held.level in CARD_LEVELS[program] and held.card_id else []
+        return Decision(None, "terminate", voids, evaluated_on, "blocked", block_reason(override))
 
     def _carry(
         self,
