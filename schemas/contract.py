@@ -54,9 +54,17 @@ REASONED_ACTIONS = (NEW, UPGRADE, RENEW, DOWNGRADE, LAPSE, TERMINATE)
 
 ISSUE, VOID = "issue", "void"
 CARD_EVENTS = (ISSUE, VOID)
-CARD_REASONS = ("new", "upgrade", "renewal", "downgrade", "replaced", "downgraded", "lapsed", "cancelled")
+CARD_REASONS = (
+    "new", "upgrade", "renewal", "downgrade", "replaced", "downgraded", "lapsed", "cancelled", "blocked",
+)  # fmt: skip
 """Issue: new, upgrade, renewal, downgrade. Void: replaced (a new card is issued in the same program by
-the same evaluation), downgraded (re-rated to a level with no card), lapsed, cancelled."""
+the same evaluation), downgraded (re-rated to a level with no card), lapsed, cancelled, blocked (an
+override blocks the member from the program, SPEC 9)."""
+
+GRANT, BLOCK = "grant", "block"
+OVERRIDE_KINDS = (GRANT, BLOCK)
+"""Kinds of manual override (SPEC 9): a grant lifts the qualified level to at least its level; a block
+terminates the program's level while it is in force."""
 
 REASON_CODES = (
     "threshold_met",
@@ -65,11 +73,14 @@ REASON_CODES = (
     "validity_ended",
     "absent_too_long",
     "cancelled",
+    "override",
+    "blocked",
 )
 """The machine-readable ``reason_code`` of a tier row whose action changes the level (or renews it):
 threshold_met (new, upgrade, renew), threshold_missed and not_eligible (downgrade, lapse at the
 re-rating or on recompute), validity_ended (lapse after valid_until), absent_too_long (forgotten),
-cancelled (terminate)."""
+cancelled (terminate), override (a grant in force above the qualified level decided a new, upgrade,
+renew or downgrade), blocked (terminate by a block in force)."""
 
 Retention = Literal["validity", "recompute", "permanent"]
 RETENTIONS: tuple[str, ...] = get_args(Retention)
@@ -214,9 +225,21 @@ TIER_ASSIGNMENTS = Table(
         "suspensions_6m": Column(pl.Int64(), checks={"ge": 0}),
         "points_balance": Column(pl.Int64(), nullable=True, checks={"ge": 0}),
         "score": Column(pl.Int64(), nullable=True),
+        "override_id": _NULL_STRING,
     },
     unique=("program", "subscriber_id"),
 )
+
+OVERRIDES_IN_FORCE: dict[str, pl.DataType] = {
+    "program": pl.String(),
+    "subscriber_id": pl.String(),
+    "override_id": pl.String(),
+    "kind": pl.String(),
+    "level": pl.String(),
+    "reason": pl.String(),
+}
+"""The approved overrides in force for a month, as the engine reads them: at most one per program and
+subscriber; ``level`` is null for a block."""
 
 CARD_ISSUANCE = Table(
     name="card_issuance",

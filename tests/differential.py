@@ -23,12 +23,14 @@ from tests.extract_factory import row
 from tests.reference_model import (
     CREDIT,
     DEFAULTS,
+    LEVELS,
     POINTS,
     PROGRAMS,
     RETENTION,
     STAR,
     VIP,
     MonthResult,
+    Override,
     Settings,
     last_day,
     month_index,
@@ -103,8 +105,37 @@ ATTRIBUTE_CHOICES: dict[str, list[Any]] = {
     "brand": ["gotone", "mzone", "easyown", None, None],
 }
 
-Case = tuple[Settings, str, list[list[dict[str, Any]]]]
-"""A differential case: rulebook settings, the first billing month and each month's valid rows."""
+
+@dataclass(frozen=True)
+class PlannedOverride:
+    """An approved override and the months (offsets from the case's first month) it is in force."""
+
+    override: Override
+    first: int
+    last: int | None  # None: open-ended
+
+
+@dataclass(frozen=True)
+class Case:
+    """A differential case: rulebook settings, the first billing month, each month's valid rows and
+    the approved overrides with their months."""
+
+    settings: Settings
+    first: str
+    monthly: list[list[dict[str, Any]]]
+    overrides: tuple[PlannedOverride, ...] = ()
+
+    def in_force(self, offset: int) -> list[Override]:
+        return [p.override for p in self.overrides if p.first <= offset and (p.last is None or offset <= p.last)]
+
+
+def engine_overrides(overrides: list[Override]) -> list[dict[str, Any]]:
+    """Overrides in force as the engine reads them (``OVERRIDES_IN_FORCE`` rows)."""
+    return [
+        {"program": o.program, "subscriber_id": o.subscriber_id, "override_id": o.override_id, "kind": o.kind,
+         "level": o.level, "reason": o.reason}
+        for o in overrides
+    ]  # fmt: skip
 
 
 def money(fen: int) -> Decimal:
@@ -190,15 +221,50 @@ def subscriber_history(draw: st.DrawFn, subscriber_id: str, first: int, months: 
     return history
 
 
+OVERRIDE_REASONS = ["key account renegotiation", "fraud check [ticket 7]", "[bold]vip[/bold] promise"]
+
+
 @st.composite
-def histories(draw: st.DrawFn, *, max_subscribers: int = 8) -> Case:
+def planned_overrides(draw: st.DrawFn, subscriber_id: str, months: int, number: int) -> list[PlannedOverride]:
+    """Up to two non-overlapping approved overrides of one program for one subscriber."""
+    program = draw(st.sampled_from(PROGRAMS))
+    planned: list[PlannedOverride] = []
+    start = draw(st.integers(0, months - 1))
+    for index in range(draw(st.integers(1, 2))):
+        if start >= months:
+            break
+        kind = draw(st.sampled_from(["grant", "grant", "block"]))
+        length = draw(st.sampled_from([1, 2, 3, 6, None]))
+        last = None if length is None else start + length - 1
+        override = Override(
+            override_id=f"OVR-{number:04d}{index}",
+            program=program,
+            subscriber_id=subscriber_id,
+            kind=kind,
+            level=draw(st.sampled_from(LEVELS[program])) if kind == "grant" else None,
+            reason=draw(st.sampled_from(OVERRIDE_REASONS)),
+        )
+        planned.append(PlannedOverride(override, start, last))
+        if last is None:
+            break
+        start = last + 1 + draw(st.integers(0, 3))
+    return planned
+
+
+@st.composite
+def histories(draw: st.DrawFn, *, max_subscribers: int = 8, with_overrides: bool = True) -> Case:
     settings = draw(settings_strategy)
     first = month_index("2011-01") + draw(st.integers(0, 6 * 12))
     months = draw(st.integers(13, 24))
     count = draw(st.integers(3, max_subscribers))
     per_subscriber = [draw(subscriber_history(f"s{k}", first, months)) for k in range(count)]
     monthly = [[h[m] for h in per_subscriber if h[m] is not None] for m in range(months)]
-    return settings, month_label(first), monthly
+    overrides: list[PlannedOverride] = []
+    if with_overrides:
+        for k in range(count):
+            if draw(st.integers(0, 2)) == 0:
+                overrides += draw(planned_overrides(f"s{k}", months, k))
+    return Case(settings, month_label(first), monthly, tuple(overrides))
 
 
 # ---------------------------------------------------------------- fixed histories for the rare transitions
@@ -208,6 +274,8 @@ def rare_transitions() -> Case:
     """Default settings, 2024-01 to 2025-02: every VIP and star re-rating outcome, forgetting in every
     program, cancellation of every program, and both kinds of missed threshold.
 
+    n also pays 1000.00 in 2024-04 (star normal to silver); r is billed 2400.00 in 2024-10 (credit upgrade);
+    g has no brand (credit none).
     v: VIP silver renewed at the re-rating E(2024-12) (900.00 in 2024-01 and 2024-07 keep the window at 900.00).
     d: VIP gold downgraded to silver at the re-rating (1800.00, then 900.00 in 2024-07).
     n: VIP silver lapsed at the re-rating as not eligible (prepaid in 2024-12).
@@ -222,15 +290,31 @@ def rare_transitions() -> Case:
         rows[m].append(row("v", "900.00" if m in (0, 6) else "0.00", "0.00"))
         rows[m].append(row("d", {0: "1800.00", 6: "900.00"}.get(m, "0.00"), "0.00"))
         payment = "prepaid" if m == 11 else "postpaid"
-        rows[m].append(row("n", "900.00" if m in (0, 6) else "0.00", "0.00", payment_type=payment))
+        rows[m].append(
+            row("n", "900.00" if m in (0, 6) else "0.00", "1000.00" if m == 3 else "0.00", payment_type=payment)
+        )
         rows[m].append(row("s", "0.00", {0: "1000.00", 2: "-100.00"}.get(m, "0.00")))
-        rows[m].append(row("r", "0.00", "1000.00" if m == 0 else "50.00"))
+        rows[m].append(row("r", "2400.00" if m == 9 else "0.00", "1000.00" if m == 0 else "50.00"))
         if m == 0:
             rows[m].append(row("f", "6000.00", "2000.00", points_balance=2000, customer_type="group"))
         if m <= 1:
             status = "cancelled" if m == 1 else "active"
             rows[m].append(row("c", "6000.00", "2000.00", points_balance=2000, customer_type="group", status=status))
-    return DEFAULTS, "2024-01", rows
+    overrides = (
+        # g: prepaid, so never eligible for VIP: granted silver from 2024-01, open-ended (new by override)
+        PlannedOverride(Override("OVR-g", VIP, "g", "grant", "silver", "key account"), 0, None),
+        # v: silver lifted to gold for 2024-03..04 (upgrade by override; gold kept within its validity)
+        PlannedOverride(Override("OVR-v", VIP, "v", "grant", "gold", "contract renegotiation"), 2, 3),
+        # b: silver blocked in 2024-04 only (terminate, void blocked), new again when the block ends
+        PlannedOverride(Override("OVR-b", VIP, "b", "block", None, "fraud investigation"), 3, 3),
+        # r: star silver blocked for one month while its points are granted
+        PlannedOverride(Override("OVR-r", STAR, "r", "block", None, "[red]hold[/red]"), 4, 4),
+        PlannedOverride(Override("OVR-p", POINTS, "r", "grant", "unlocked", "goodwill"), 5, 6),
+    )
+    for m in range(months):
+        rows[m].append(row("g", "0.00", "0.00", payment_type="prepaid", brand=None))
+        rows[m].append(row("b", "900.00" if m == 0 else "0.00", "0.00"))
+    return Case(DEFAULTS, "2024-01", rows, overrides)
 
 
 def validity_ends_unrated() -> Case:
@@ -245,7 +329,7 @@ def validity_ends_unrated() -> Case:
         [row("a", "900.00", "50.00")],
         [row("a", "0.00", "0.00")],
     ]
-    return settings, "2024-01", rows
+    return Case(settings, "2024-01", rows)
 
 
 FIXED_CASES = (rare_transitions(), validity_ends_unrated())

@@ -10,7 +10,7 @@ import polars as pl
 
 from billing_tiers.months import add_months, month_end, parse_month
 from rulebook import Rulebook, load_rulebook
-from schemas.contract import CONTRACT_COLUMNS
+from schemas.contract import CONTRACT_COLUMNS, OVERRIDES_IN_FORCE
 from transforms.evaluate import evaluate_month
 from transforms.metrics import empty_state
 
@@ -42,7 +42,10 @@ class Engine:
     def __post_init__(self) -> None:
         self.state = empty_state(self.rulebook.metrics.window_months).collect()
 
-    def run(self, month: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
+    def run(
+        self, month: str, rows: list[dict[str, Any]], overrides: list[dict[str, Any]] | None = None
+    ) -> pl.DataFrame:
+        """One month; ``overrides`` are the approved overrides in force (OVERRIDES_IN_FORCE rows)."""
         start = parse_month(month)
         tables = evaluate_month(
             valid_rows=to_valid_rows(rows),
@@ -50,6 +53,7 @@ class Engine:
             month=start,
             month_end=month_end(start),
             rulebook=self.rulebook,
+            overrides=pl.LazyFrame(overrides, schema=OVERRIDES_IN_FORCE) if overrides is not None else None,
         )
         tier, cards, state, memberships, at_risk = pl.collect_all(tables.frames())
         self.state, self.memberships = state, memberships

@@ -336,10 +336,9 @@ def block_reason(override: Override) -> str:
 
 
 class ReferenceModel:
-    def __init__(self, settings: Settings = DEFAULTS, *, with_override_column: bool = False) -> None:
+    def __init__(self, settings: Settings = DEFAULTS) -> None:
         self.settings = settings
         self.state: dict[str, Known] = {}
-        self.with_override_column = with_override_column
 
     def run_months(self, first: str, monthly_rows: list[list[dict[str, Any]]]) -> list[MonthResult]:
         start = month_index(first)
@@ -441,10 +440,9 @@ class ReferenceModel:
                         "suspensions_6m": figures.suspensions_6m,
                         "points_balance": attrs["points_balance"],
                         "score": credit_parts(figures)[4] if program == CREDIT else None,
+                        "override_id": override.override_id if override is not None else None,
                     }
                 )
-                if self.with_override_column:
-                    result.tiers[-1]["override_id"] = override.override_id if override is not None else None
                 for event, reason, membership in d.cards:
                     result.cards.append(
                         {

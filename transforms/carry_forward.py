@@ -15,7 +15,9 @@ import polars as pl
 
 from rulebook import Calendar
 from schemas.contract import (
+    BLOCK,
     DOWNGRADE,
+    GRANT,
     LAPSE,
     NEW,
     NONE,
@@ -46,6 +48,27 @@ def _pick(index: pl.Expr, count: int) -> pl.Expr:
     return chosen
 
 
+GRANT_DECIDES = (NEW, UPGRADE, RENEW, DOWNGRADE)
+"""Actions whose reason is the override when a grant in force lifted the qualified level (SPEC 9)."""
+
+
+def _granted_above_q() -> pl.Expr:
+    """A grant in force lifted Q: Q' = G > Q."""
+    return pl.col("granted_idx").fill_null(-1) > pl.col("qualified_idx").fill_null(-1)
+
+
+def grant_and_block(levels: list[str]) -> dict[str, pl.Expr]:
+    """``granted_idx`` (Q' = max(Q, G) under a grant in force, else Q) and ``blocked`` (a block in
+    force), from the frame's ``override_kind`` and ``override_level`` columns (null: no override)."""
+    grant = _level_index(levels, "override_level").fill_null(-1)
+    q = pl.col("qualified_idx")
+    is_grant = (pl.col("override_kind") == GRANT).fill_null(False)
+    return {
+        "granted_idx": pl.when(is_grant & (grant > q.fill_null(-1))).then(grant).otherwise(q).cast(pl.Int32),
+        "blocked": (pl.col("override_kind") == BLOCK).fill_null(False),
+    }
+
+
 def evaluation_dates(*, month: dt.date, calendar: Calendar) -> dict[str, pl.Expr]:
     """E and the validity bounds a membership starting at E would get, as date literals.
 
@@ -68,7 +91,7 @@ class _Terms:
     """The state machine's terms for one program and month, as Polars expressions."""
 
     p: pl.Expr  # level index held before (null: none)
-    q: pl.Expr  # qualified level index (null: none)
+    q: pl.Expr  # qualified level index after a grant in force, Q' = max(Q, G) (null: none)
     u: pl.Expr  # valid_until of the level held
     evaluated_on: pl.Expr
     dates: dict[str, pl.Expr]
@@ -84,7 +107,7 @@ def _terms(month: dt.date, calendar: Calendar) -> _Terms:
     u = pl.col("previous_valid_until")
     return _Terms(
         p=pl.col("previous_idx"),
-        q=pl.col("qualified_idx"),
+        q=pl.col("granted_idx"),
         u=u,
         evaluated_on=dates["evaluated_on"],
         dates=dates,
@@ -141,6 +164,10 @@ def action_expr(t: _Terms, retention: Retention) -> pl.Expr:
         .when(pl.col("forgotten") & held)
         .then(pl.lit(LAPSE))
         .when(pl.col("forgotten"))
+        .then(pl.lit(NONE))
+        .when(pl.col("blocked") & held)
+        .then(pl.lit(TERMINATE))
+        .when(pl.col("blocked"))
         .then(pl.lit(NONE))
         .otherwise(action)
     )
@@ -206,7 +233,7 @@ def card_exprs(t: _Terms, card_levels: list[str], card_prefix: str) -> tuple[pl.
         pl.when(~previous_has_card)
         .then(pl.lit(None, dtype=pl.String))
         .when(a == TERMINATE)
-        .then(pl.lit("cancelled"))
+        .then(pl.when(pl.col("blocked")).then(pl.lit("blocked")).otherwise(pl.lit("cancelled")))
         .when(a == LAPSE)
         .then(pl.lit("lapsed"))
         .when(a.is_in([UPGRADE, RENEW, DOWNGRADE]) & issues_a_card)
@@ -257,10 +284,14 @@ def reason_code_expr(t: _Terms, retention: Retention) -> pl.Expr:
     a = pl.col("action")
     missed = pl.when(pl.col("eligible")).then(pl.lit("threshold_missed")).otherwise(pl.lit("not_eligible"))
     return (
-        pl.when(a == TERMINATE)
+        pl.when((a == TERMINATE) & pl.col("blocked"))
+        .then(pl.lit("blocked"))
+        .when(a == TERMINATE)
         .then(pl.lit("cancelled"))
         .when((a == LAPSE) & pl.col("forgotten"))
         .then(pl.lit("absent_too_long"))
+        .when(_granted_above_q() & a.is_in(GRANT_DECIDES))
+        .then(pl.lit("override"))
         .when(a.is_in([NEW, UPGRADE, RENEW]))
         .then(pl.lit("threshold_met"))
         .when((a == LAPSE) & pl.lit(retention == "validity") & (t.u < t.evaluated_on))
@@ -281,8 +312,27 @@ def reason_expr(t: _Terms, retention: Retention, level_count: int, forget_after_
     expiry_text = u.dt.strftime("%Y-%m-%d")
     rerating_prefix = [pl.lit("re-rating before expiry "), expiry_text, pl.lit(": ")] if validity else []
     return (
-        pl.when(a == TERMINATE)
+        pl.when((a == TERMINATE) & pl.col("blocked"))
+        .then(
+            pl.concat_str(
+                [pl.lit("blocked by override "), pl.col("override_id"), pl.lit(": "), pl.col("override_reason")]
+            )
+        )
+        .when(a == TERMINATE)
         .then(pl.concat_str([pl.lit("status cancelled: "), pl.col("previous_level"), pl.lit(" terminated")]))
+        .when(_granted_above_q() & a.is_in(GRANT_DECIDES))
+        .then(
+            pl.concat_str(
+                [
+                    pl.lit("override "),
+                    pl.col("override_id"),
+                    pl.lit(" grants "),
+                    pl.col("override_level"),
+                    pl.lit(": "),
+                    pl.col("override_reason"),
+                ]
+            )
+        )
         .when((a == LAPSE) & pl.col("forgotten"))
         .then(
             pl.concat_str(
@@ -332,7 +382,8 @@ def decide(
 ) -> pl.LazyFrame:
     """Apply the state machine to one program's frame (subscribers with ``qualified_idx`` and the
     previous membership columns ``previous_level, previous_valid_from, previous_valid_until,
-    previous_card_id``). Adds ``action, level, valid_from, valid_until, card_id, reason`` and
+    previous_card_id``) and the override in force (``override_id, override_kind, override_level,
+    override_reason``, null when none). Adds ``action, level, valid_from, valid_until, card_id, reason`` and
     the card event columns ``issue_reason, void_reason``. ``explanations`` are the program's
     ``explain_<i>`` and ``ineligible_reason`` expressions, evaluated only where a reason is written;
     ``order_column`` numbers the rows uniquely, to join the reasons back without reordering."""
@@ -340,7 +391,7 @@ def decide(
     valid_from, valid_until = validity_exprs(t, retention, calendar)
     issue_reason, void_reason, card_id = card_exprs(t, card_levels, card_prefix)
     decided = (
-        frame.with_columns(_level_index(levels, "previous_level").alias("previous_idx"))
+        frame.with_columns(_level_index(levels, "previous_level").alias("previous_idx"), **grant_and_block(levels))
         .with_columns(action_expr(t, retention).alias("action"))
         .with_columns(
             _level_name(levels, level_index_expr(t, retention)).alias("level"),
@@ -348,7 +399,8 @@ def decide(
             valid_until.alias("valid_until"),
             effective_on_expr(t, retention).alias("effective_on"),
             t.evaluated_on.alias("evaluated_on"),
-            _level_name(levels, t.q).alias("qualified_level"),
+            _level_name(levels, pl.col("qualified_idx")).alias("qualified_level"),
+            _level_name(levels, t.q).alias("granted_level"),
         )
         .with_columns(issue_reason.alias("issue_reason"), void_reason.alias("void_reason"))
         .with_columns(card_id.alias("card_id"), pl.lit(program_name).alias("program"))

@@ -52,6 +52,21 @@ class MonthTables:
         return [self.tier_assignments, self.card_issuance, self.state, self.memberships, self.at_risk]
 
 
+OVERRIDE_COLUMNS = {"override_id": "override_id", "kind": "override_kind", "level": "override_level",
+                    "reason": "override_reason"}  # fmt: skip
+"""Overrides-in-force column -> the column a program's decided rows carry it in."""
+
+
+def _with_overrides(frame: pl.LazyFrame, *, name: str, overrides: pl.LazyFrame | None) -> pl.LazyFrame:
+    """The program's override in force beside each subscriber (null columns when there is none)."""
+    if overrides is None:
+        return frame.with_columns(pl.lit(None, dtype=pl.String).alias(column) for column in OVERRIDE_COLUMNS.values())
+    mine = overrides.filter(pl.col("program") == name).select(
+        "subscriber_id", *[pl.col(source).alias(target) for source, target in OVERRIDE_COLUMNS.items()]
+    )
+    return frame.join(mine, on="subscriber_id", how="left", maintain_order="left")
+
+
 def _program_rows(
     subscribers: pl.LazyFrame,
     *,
@@ -59,9 +74,10 @@ def _program_rows(
     program: AnyProgram,
     rulebook: Rulebook,
     month: dt.date,
+    overrides: pl.LazyFrame | None,
 ) -> pl.LazyFrame:
     """One program's decided rows, one per subscriber in the subscribers' order."""
-    frame = qualify(subscribers, program=program).with_columns(
+    frame = _with_overrides(qualify(subscribers, program=program), name=name, overrides=overrides).with_columns(
         pl.col(carried).alias(f"previous_{column}") for column, carried in held_columns(name).items()
     )
     return decide(
@@ -123,8 +139,10 @@ def evaluate_month(
     month: dt.date,
     month_end: dt.date,
     rulebook: Rulebook,
+    overrides: pl.LazyFrame | None = None,
 ) -> MonthTables:
-    """Evaluate billing month ``month`` for every enabled program of ``rulebook``.
+    """Evaluate billing month ``month`` for every enabled program of ``rulebook``, applying the
+    approved ``overrides`` in force for it (:data:`schemas.contract.OVERRIDES_IN_FORCE`; None: none).
 
     The state carries each program's membership held, so the month needs one join (state with the
     month's rows). Each program's decided rows keep the subscribers' order, so the new memberships
@@ -139,7 +157,9 @@ def evaluate_month(
     ).collect(engine=ENGINE)
     decided = pl.collect_all(
         [
-            _program_rows(subscribers.lazy(), name=name, program=program, rulebook=rulebook, month=month)
+            _program_rows(
+                subscribers.lazy(), name=name, program=program, rulebook=rulebook, month=month, overrides=overrides
+            )
             .select(*TIER_SOURCE_COLUMNS)
             .with_columns(pl.lit(index, dtype=pl.Int32).alias("program_order"))
             for index, (name, program) in enumerate(programs.items())
@@ -157,7 +177,9 @@ def evaluate_month(
     metrics = subscribers.select(RISK_METRICS + window_columns(BILLED_WINDOW, rulebook.metrics.window_months)[-1:])
     risk = [
         at_risk(
-            pl.concat([frame.select(RISK_DECISIONS), metrics], how="horizontal").lazy(),
+            pl.concat(
+                [frame.select(RISK_DECISIONS).rename({"granted_level": "qualified_level"}), metrics], how="horizontal"
+            ).lazy(),
             program=program,
             month=month,
             calendar=rulebook.calendar,
@@ -208,9 +230,10 @@ def month_subscribers(
     ).with_row_index(ORDER)
 
 
-RISK_DECISIONS = ["program", "subscriber_id", "level", "valid_until", "qualified_level", "eligible", "leaves"]
+RISK_DECISIONS = ["program", "subscriber_id", "level", "valid_until", "granted_level", "eligible", "leaves"]
 RISK_METRICS = ["billed_6m_fen", "cum_paid_fen", "months_in_state", "service_type", "customer_type"]
-"""What the at-risk rows read: each program's decision beside the subscriber's metrics (same order)."""
+"""What the at-risk rows read: each program's decision beside the subscriber's metrics (same order).
+Members at risk are judged on the qualified level after a grant in force (SPEC 9: Q')."""
 
 TIER_SOURCE_COLUMNS = (
     "program",
@@ -238,6 +261,8 @@ TIER_SOURCE_COLUMNS = (
     "suspensions_6m",
     "points_balance",
     "score",
+    "override_id",
+    "granted_level",
     "leaves",
     "issue_reason",
     "void_reason",

@@ -16,7 +16,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 
-from tests.differential import FIXED_CASES, Case, Coverage, compare_month, histories, rulebook_for
+from tests.differential import FIXED_CASES, Case, Coverage, compare_month, engine_overrides, histories, rulebook_for
 from tests.engine import Engine
 from tests.extract_factory import row
 from tests.reference_model import CREDIT, POINTS, STAR, VIP, ReferenceModel, Settings, month_index, month_label
@@ -27,15 +27,18 @@ def run_both(
     monthly_rows: list[list[dict[str, Any]]],
     settings_: Settings | None = None,
     coverage: Coverage | None = None,
+    case: Case | None = None,
 ) -> tuple[Engine, ReferenceModel]:
-    """Runs engine and reference month by month, asserting every compared table equal each month."""
+    """Runs engine and reference month by month, asserting every compared table equal each month
+    (with ``case``, its overrides in force each month)."""
     settings_ = settings_ or Settings()
     engine, reference = Engine(rulebook=rulebook_for(settings_)), ReferenceModel(settings_)
     start = month_index(first)
     for offset, rows in enumerate(monthly_rows):
         month = month_label(start + offset)
-        engine.run(month, rows)
-        compare_month(month, engine.tables(month), reference.run(month, rows))
+        in_force = case.in_force(offset) if case is not None else []
+        engine.run(month, rows, engine_overrides(in_force) if in_force else None)
+        compare_month(month, engine.tables(month), reference.run(month, rows, in_force))
         if coverage is not None:
             coverage.add(engine.tables(month))
     return engine, reference
@@ -66,8 +69,7 @@ def test_engine_matches_reference_on_random_histories_and_reaches_every_transiti
     @example(FIXED_CASES[0])
     @example(FIXED_CASES[1])
     def check(case: Case) -> None:
-        settings_, first, monthly = case
-        run_both(first, monthly, settings_, coverage)
+        run_both(case.first, case.monthly, case.settings, coverage, case)
 
     check()
     assert coverage.missing() == {}, f"the differential test did not reach: {coverage.missing()}"
