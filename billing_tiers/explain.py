@@ -22,20 +22,8 @@ from billing_tiers.member import failing_condition, last_seen_attributes, why_he
 from billing_tiers.months import add_months, month_label
 from billing_tiers.store import Store
 from rulebook import AverageBillProgram, PaidSpendProgram, Rulebook
+from schemas.contract import METRIC_COLUMNS
 from transforms.money import yuan_text
-
-METRICS = (
-    "billed_6m",
-    "avg_billed_6m",
-    "month_paid",
-    "cum_paid",
-    "tenure_years",
-    "suspensions_6m",
-    "points_balance",
-    "score",
-    "present",
-    "eligible",
-)
 
 
 @dataclass
@@ -140,7 +128,7 @@ def explain_member(
             item.lines.append(
                 f"  not eligible: {literal(failing or 'attributes not kept (the subscriber left the state)')}"
             )
-        metrics = ", ".join(f"{name} {_shown(row[name])}" for name in METRICS if row.get(name) is not None)
+        metrics = ", ".join(f"{name} {_shown(row[name])}" for name in METRIC_COLUMNS if row.get(name) is not None)
         item.lines.append(f"  {metrics}")
         explained.append(item)
     notes: list[str] = []

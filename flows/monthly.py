@@ -105,7 +105,7 @@ def _execute(session: Session) -> list[dict[str, Any]]:
     )
 
 
-def _request(
+def _open_and_execute(
     command: Command,
     *,
     first: str,
@@ -115,7 +115,8 @@ def _request(
     rulebook: str | None,
     override_guards: bool,
     buckets: int | None,
-) -> RunRequest:
+) -> list[dict[str, Any]]:
+    """The plain flows' body: their parameters as a request, the session opened here, its months run."""
     if not store or not store.strip():
         raise PipelineError("parameter store is empty: give the store folder")
     if extracts is not None and not extracts.strip():
@@ -123,7 +124,7 @@ def _request(
             "parameter extracts is empty: give the extracts folder, or leave it out to use the one "
             "the store recorded at init"
         )
-    return RunRequest(
+    request = RunRequest(
         command=command,
         store=Path(store),
         first=parse_month(first),
@@ -133,6 +134,8 @@ def _request(
         override_guards=override_guards,
         buckets=buckets,
     )
+    with open_session(request, LoggingListener(get_run_logger())) as session:
+        return _execute(session)
 
 
 @flow(
@@ -161,12 +164,10 @@ def monthly_tiers(
 ) -> list[dict[str, Any]]:
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it.
     ``extracts`` defaults to the folder the store recorded at ``init``."""
-    request = _request(
+    return _open_and_execute(
         "run", first=month, last=None, store=store, extracts=extracts, rulebook=rulebook,
         override_guards=override_guards, buckets=buckets,
     )  # fmt: skip
-    with open_session(request, LoggingListener(get_run_logger())) as session:
-        return _execute(session)
 
 
 @flow(name="backfill-tiers", flow_run_name=backfill_run_name, persist_result=False, task_runner=task_runner())
@@ -180,9 +181,7 @@ def backfill_tiers(
     buckets: int | None = None,
 ) -> list[dict[str, Any]]:
     """Re-evaluate ``start`` through ``end`` (default: the latest month with an extract), in order."""
-    request = _request(
+    return _open_and_execute(
         "backfill", first=start, last=end, store=store, extracts=extracts, rulebook=rulebook,
         override_guards=override_guards, buckets=buckets,
     )  # fmt: skip
-    with open_session(request, LoggingListener(get_run_logger())) as session:
-        return _execute(session)

@@ -197,6 +197,21 @@ _NULL_DATE = Column(pl.Date(), nullable=True)
 _NULL_STRING = Column(pl.String(), nullable=True)
 _SUBSCRIBER = Column(pl.String(), checks={"str_length": (1, 32)})
 
+METRIC_COLUMNS = (
+    "eligible",
+    "present",
+    "months_absent",
+    "billed_6m",
+    "avg_billed_6m",
+    "month_paid",
+    "cum_paid",
+    "tenure_years",
+    "suspensions_6m",
+    "points_balance",
+    "score",
+)
+"""The program's metrics on every tier row, in table order (``explain`` prints them, in this order)."""
+
 TIER_ASSIGNMENTS = Table(
     name="tier_assignments",
     grain="One row per enabled program per subscriber evaluated in the billing month.",
