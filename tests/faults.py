@@ -33,8 +33,10 @@ def before_the_commit_point(step: str) -> bool:
 @contextlib.contextmanager
 def fail_at(step: str, *, occurrence: int = 1) -> Iterator[None]:
     """Raise :class:`InjectedFault` at publish ``step`` the ``occurrence``-th time it is reached in
-    this block (each step is reached once per month published, ``staged:``/``moved:<table>`` once per
-    table of a month), so ``occurrence=2`` faults the second month a backfill publishes."""
+    this block. Each step is reached once per month published (``staged:``/``moved:<table>`` once per
+    table of a month), so ``occurrence=2`` faults the second month a backfill publishes; the
+    recovery a run starts with passes through ``moved:<table>``, ``before_manifest`` and
+    ``after_manifest`` too when it finishes an interrupted publish, and those count."""
     if occurrence < 1:
         raise ValueError("occurrence counts from 1")
     seen = 0

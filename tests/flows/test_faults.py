@@ -1,20 +1,30 @@
 """Run safety: faults at every step, kill -9 of a real backfill, random crash sequences.
 
-Whatever happens, published months stay readable, and rerunning the same command ends in exactly
-the tables an uninterrupted run gives. The faulted runs split each month into several buckets
-(several part files per table-month) while the clean reference store uses one, so convergence also
-shows that the bucket count never changes a row.
+Faults and kills are placed by the run's own progress, never by the clock: in process through the
+publish seam ``billing_tiers.store.publish_checkpoint`` (``tests/faults.py``), and in a real
+``billing-tiers backfill`` process stopped at a chosen publish step of a chosen month
+(``tests/pause_runner.py``) and then killed with SIGKILL.
+
+What they show: every visible table-month holds one run's parts and reads; the faulted month is,
+table by table, wholly its old version or wholly its new one (never a mix, never other rows), and
+once recovered (what the next writer does first) wholly the version the step implies: the old one
+before the commit point (the journal), the new one from it on; the months before it are untouched
+or as an uninterrupted run makes them; and rerunning the same command ends in exactly the tables an
+uninterrupted run gives. The faulted runs split each month into several buckets (several part files
+per table-month) while the clean reference store uses one, so convergence also shows that the
+bucket count never changes a row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 
 import polars as pl
@@ -29,11 +39,15 @@ from flows import bucket, monthly, run_month
 from schemas.contract import TABLES
 from tests.billing_tiers.test_store import STEPS
 from tests.extract_factory import write_history
-from tests.faults import InjectedFault, fail_at
+from tests.faults import InjectedFault, before_the_commit_point, fail_at
+from tests.processes import wait_until_gone
 from tests.stores import new_store
 
 MONTHS = ["2024-01", "2024-02", "2024-03", "2024-04", "2024-05"]
 BUCKETS = 3
+REPO = Path(__file__).resolve().parents[2]
+HANG = 300.0
+"""Seconds after which a subprocess is taken to hang: it only stops a hang, it places nothing."""
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -72,6 +86,80 @@ def assert_readable(store: Path) -> None:
     for table in TABLES:
         for path in (store / table).glob("billing_month=*/*.parquet"):
             pl.read_parquet(path)
+
+
+View = Mapping[str, pl.DataFrame | None]
+"""What readers find of each table of one month: None when its folder holds no part file, else
+its rows, read as :func:`assert_same_store` reads them."""
+
+ABSENT: View = dict.fromkeys(TABLES)
+
+
+def month_view(store: Path, month: str) -> View:
+    found = contents(store)
+    view: dict[str, pl.DataFrame | None] = {}
+    for table in TABLES:
+        if any((store / table / f"billing_month={month}").glob("*.parquet")):
+            view[table] = found[table].filter(pl.col("billing_month") == month)
+        else:
+            view[table] = None
+    return view
+
+
+def _same(seen: pl.DataFrame | None, version: pl.DataFrame | None) -> bool:
+    if seen is None or version is None:
+        return seen is version
+    return seen.equals(version)
+
+
+def versions_seen(store: Path, month: str, old: View, new: View) -> dict[str, str]:
+    """For each table of ``month``: "old" or "new" when readers find wholly that version, "either"
+    when the two versions are the same rows; fails on a table that is neither (a mix of two runs'
+    parts, a part missing, other rows)."""
+    seen = month_view(store, month)
+    found = {}
+    for table in TABLES:
+        matches = [name for name, version in (("old", old[table]), ("new", new[table])) if _same(seen[table], version)]
+        assert matches, f"{table} {month}: readers find neither the old nor the new version"
+        found[table] = matches[0] if len(matches) == 1 else "either"
+    return found
+
+
+def assert_one_run_per_table_month(store: Path) -> None:
+    """Every visible table-month holds the parts of one run only (part names carry the run's tag)."""
+    for table in TABLES:
+        for month_dir in (store / table).glob("billing_month=*"):
+            tags = {p.name.split("-")[2] for p in month_dir.glob("part-*.parquet")}
+            assert len(tags) <= 1, (table, month_dir.name, tags)
+
+
+def recovered_copy(store: Path, where: Path) -> Path:
+    """A copy of ``store`` after the recovery the next writer runs first; ``store`` itself is left
+    as the fault left it, for the rerun to recover on its own."""
+    shutil.copytree(store, where)
+    copy = Store(where)
+    with copy.writer_lock("test recovery"):
+        copy.recover()
+    assert not copy.pending_publishes()
+    return where
+
+
+def seen_before_recovery(step: str) -> dict[str, str]:
+    """Which version of each table readers find right after a fault at publish ``step``, before
+    any recovery: the tables swapped in so far are new (the swaps follow TABLES, see STEPS), the
+    others old; before the first swap every table is old, after the last every table is new."""
+    if step.startswith("moved:"):
+        last = TABLES.index(step.removeprefix("moved:"))
+        return {table: "new" if index <= last else "old" for index, table in enumerate(TABLES)}
+    swapped = step in ("before_manifest", "after_manifest")
+    return dict.fromkeys(TABLES, "new" if swapped else "old")
+
+
+def published_months(store: Path) -> list[str]:
+    """Months the store lists, all of them healthy."""
+    statuses = store_status(Store(store))
+    assert all(s.healthy for s in statuses), [(s.month, s.problem) for s in statuses]
+    return [s.month.strftime("%Y-%m") for s in statuses]
 
 
 @pytest.fixture(scope="module")
@@ -194,84 +282,108 @@ def test_random_runs_crashes_and_reruns_end_in_the_clean_store(
     assert_same_store(store, clean_store)
 
 
-def _cli(store: Path, extracts: Path, api_url: str, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PREFECT_API_URL": api_url}
-    return subprocess.Popen(
-        [sys.executable, "-m", "billing_tiers.cli", *args, "--extracts", str(extracts), "--store", str(store)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+def _start(command: list[str], api_url: str, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` from the repository in a new session (its own process group), output to ``log``."""
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, "PREFECT_API_URL": api_url},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
-@pytest.mark.parametrize("delay", [1.0, 3.5, 6.0])
-def test_kill_9_of_a_real_backfill_then_rerun_gives_identical_tables(
-    delay: float, extracts: Path, clean_store: Path, tmp_path: Path
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> list[int]:
+    """SIGKILL the process group ``process`` leads; returns its members still alive 10 s later."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=30)
+    return wait_until_gone(process.pid, 10)
+
+
+def _cli(store: Path, extracts: Path, api_url: str, log: Path, *args: str) -> None:
+    """Run ``billing-tiers ARGS`` to the end; fail with its output unless it exits 0."""
+    command = [sys.executable, "-m", "billing_tiers.cli", *args, "--extracts", str(extracts), "--store", str(store)]
+    process = _start(command, api_url, log)
+    try:
+        process.wait(timeout=HANG)
+    finally:
+        left = _kill_group(process) if process.poll() is None else wait_until_gone(process.pid, 10)
+    assert not left, f"processes left behind: {left}"
+    assert process.returncode == 0, _tail(log)
+
+
+def _killed_at(step: str, occurrence: int, store: Path, extracts: Path, api_url: str, workdir: Path) -> None:
+    """A real ``billing-tiers backfill`` of every month in ``BUCKETS`` buckets, stopped at the
+    ``occurrence``-th publish ``step`` (tests/pause_runner.py) and killed there with SIGKILL."""
+    marker, log = workdir / "paused-at", workdir / "killed-run.log"
+    command = [
+        *(sys.executable, "-m", "tests.pause_runner", "--pause-at", step, "--occurrence", str(occurrence)),
+        *("--marker", str(marker), "--give-up", str(HANG), "--"),
+        *("backfill", "--from", MONTHS[0], "--buckets", str(BUCKETS)),
+        *("--extracts", str(extracts), "--store", str(store)),
+    ]
+    process = _start(command, api_url, log)
+    try:
+        deadline = time.monotonic() + HANG
+        while not marker.exists():  # the run is blocked at the step once the marker exists
+            assert process.poll() is None, f"the run ended (exit {process.returncode}) before {step}:\n{_tail(log)}"
+            assert time.monotonic() < deadline, f"the run never reached {step}:\n{_tail(log)}"
+            time.sleep(0.01)
+    finally:
+        left = _kill_group(process)
+    assert not left, f"processes left behind: {left}"
+    assert process.returncode == -signal.SIGKILL
+    assert marker.read_text().split()[:2] == [step, str(occurrence)]
+
+
+KILLS = [
+    pytest.param("staged:card_issuance", MONTHS[0], id="staged-parts-month-1"),
+    pytest.param("after_journal", MONTHS[0], id="commit-point-month-1"),
+    pytest.param("moved:tier_assignments", MONTHS[1], id="half-swapped-month-2"),
+    pytest.param("before_manifest", MONTHS[2], id="swapped-no-manifest-month-3"),
+    pytest.param("after_manifest", MONTHS[-1], id="manifest-written-last-month"),
+]
+
+
+@pytest.mark.parametrize(("step", "month"), KILLS)
+def test_kill_9_at_a_chosen_publish_step_then_rerun_gives_identical_tables(
+    step: str, month: str, extracts: Path, clean_store: Path, tmp_path: Path
 ) -> None:
+    """``kill -9`` of a real 3-bucket backfill at ``step`` of ``month``'s publish. Right after the
+    kill, readers find whole table-months of one run each, the earlier months as the clean store
+    has them, the killed month's tables wholly absent or wholly new as far as the swaps got, and
+    nothing later. Recovered, the month is absent (killed before the commit point) or wholly new
+    (at or after it). Rerunning the same backfill, with another bucket count, gives the clean store."""
     from prefect.settings import PREFECT_API_URL
 
     api_url = str(PREFECT_API_URL.value())
     store = new_store(tmp_path / "store")
-    process = _cli(store, extracts, api_url, "backfill", "--from", MONTHS[0], "--buckets", str(BUCKETS))
-    time.sleep(delay)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    index = MONTHS.index(month)
+    new = month_view(clean_store, month)
+    assert all(new[table] is not None for table in TABLES)  # absent and new are told apart
+    _killed_at(step, index + 1, store, extracts, api_url, tmp_path)  # each step comes once per month
+
     assert_readable(store)
-    rerun = _cli(store, extracts, api_url, "backfill", "--from", MONTHS[0], "--buckets", "2")
-    _, err = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, err.decode()
-    assert_same_store(store, clean_store)
+    assert_one_run_per_table_month(store)
+    for earlier in MONTHS[:index]:
+        clean = month_view(clean_store, earlier)
+        assert set(versions_seen(store, earlier, ABSENT, clean).values()) == {"new"}, earlier
+    assert versions_seen(store, month, ABSENT, new) == seen_before_recovery(step)
+    for later in MONTHS[index + 1 :]:
+        assert all(found is None for found in month_view(store, later).values()), later
 
+    recovered = recovered_copy(store, tmp_path / "recovered")
+    committed = not before_the_commit_point(step)
+    assert versions_seen(recovered, month, ABSENT, new) == dict.fromkeys(TABLES, "new" if committed else "old")
+    assert published_months(recovered) == MONTHS[: index + 1 if committed else index]
 
-def _wait_for(predicate: Callable[[], bool], process: subprocess.Popen[bytes], timeout: float = 120.0) -> bool:
-    """Poll until ``predicate`` holds (True) or the process ends first (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.005)
-    raise AssertionError("the moment to kill never came")
-
-
-@pytest.mark.parametrize(
-    "moment",
-    ["parts_staged", "journal_written", "later_month_committed"],
-)
-def test_kill_9_at_a_chosen_publish_moment_with_several_buckets(
-    moment: str, extracts: Path, clean_store: Path, tmp_path: Path
-) -> None:
-    """Kill a real backfill while bucket parts are staged, just after the commit point, or half-way
-    through the swaps; readers then see whole table-months and a rerun converges."""
-    from prefect.settings import PREFECT_API_URL
-
-    store = new_store(tmp_path / "store")
-    staging = store / "_staging"
-
-    def reached() -> bool:
-        match moment:
-            case "parts_staged":
-                return any(staging.glob("*/tables/card_issuance/part-00001-*.parquet"))
-            case "journal_written":
-                return any(staging.glob("*/journal.json"))
-            case _:
-                return any((store / "tier_assignments").glob("billing_month=2024-02/part-*")) and any(
-                    staging.glob("*/journal.json")
-                )
-
-    process = _cli(store, extracts, str(PREFECT_API_URL.value()), "backfill", "--from", MONTHS[0], "--buckets", "3")
-    killed = _wait_for(reached, process)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert killed, "the backfill ended before the moment came"
-    assert_readable(store)
-    for table in TABLES:  # every visible table-month holds the parts of one run only
-        for month_dir in (store / table).glob("billing_month=*"):
-            tags = {p.name.split("-")[2] for p in month_dir.glob("part-*.parquet")}
-            assert len(tags) <= 1, (table, month_dir.name, tags)
-    rerun = _cli(store, extracts, str(PREFECT_API_URL.value()), "backfill", "--from", MONTHS[0])
-    _, err = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, err.decode()
+    _cli(store, extracts, api_url, tmp_path / "rerun.log", "backfill", "--from", MONTHS[0], "--buckets", "2")
     assert_same_store(store, clean_store)
