@@ -182,14 +182,18 @@ FLOW_STEPS = [
 
 
 @pytest.mark.parametrize("step", FLOW_STEPS)
-def test_a_fault_at_any_step_keeps_the_store_readable_and_a_rerun_converges(
+def test_a_fault_at_any_step_leaves_the_month_old_or_new_and_a_rerun_converges(
     step: str, extracts: Path, clean_store: Path, three_months: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shutil
-
+    """A backfill of 2024-04 on three published months fails at ``step``: each table of 2024-04 is
+    wholly absent (its old version) or wholly the new one, as far as the swaps got; recovered, the
+    month is absent before the commit point and wholly new from it on; the rerun converges."""
     store = tmp_path / "store"
     shutil.copytree(three_months, store)
+    month = MONTHS[3]
     before = contents(store)
+    new = month_view(clean_store, month)
+    assert all(new[table] is not None for table in TABLES)  # absent and new are told apart
     with monkeypatch.context() as patch, contextlib.ExitStack() as faults:
         if step == "after_validation":
 
@@ -200,18 +204,22 @@ def test_a_fault_at_any_step_keeps_the_store_readable_and_a_rerun_converges(
         else:
             faults.enter_context(fail_at(step))
         with pytest.raises(InjectedFault):
-            monthly.backfill_tiers(start=MONTHS[3], extracts=str(extracts), store=str(store), buckets=BUCKETS)
+            monthly.backfill_tiers(start=month, extracts=str(extracts), store=str(store), buckets=BUCKETS)
     assert_readable(store)
+    assert_one_run_per_table_month(store)
     for table, frame in before.items():  # every previously published month is untouched
         now = contents(store)[table].filter(pl.col("billing_month") <= MONTHS[2])
         assert now.equals(frame), table
-    monthly.backfill_tiers(start=MONTHS[3], extracts=str(extracts), store=str(store), buckets=BUCKETS)
+    assert versions_seen(store, month, ABSENT, new) == seen_before_recovery(step)
+    committed = step != "after_validation" and not before_the_commit_point(step)
+    recovered = recovered_copy(store, tmp_path / "recovered")
+    assert versions_seen(recovered, month, ABSENT, new) == dict.fromkeys(TABLES, "new" if committed else "old")
+    assert published_months(recovered) == MONTHS[: 4 if committed else 3]
+    monthly.backfill_tiers(start=month, extracts=str(extracts), store=str(store), buckets=BUCKETS)
     assert_same_store(store, clean_store)
 
 
 def test_a_refused_run_changes_no_published_file(extracts: Path, clean_store: Path, tmp_path: Path) -> None:
-    import shutil
-
     store = tmp_path / "store"
     shutil.copytree(clean_store, store)
     stamp = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in store.rglob("*") if p.is_file()}
@@ -223,13 +231,26 @@ def test_a_refused_run_changes_no_published_file(extracts: Path, clean_store: Pa
     }
 
 
+def month_files(store: Path, month: str) -> dict[str, bytes]:
+    """Every published file of ``month`` (each table's folder, the manifest), by path in the store."""
+    return {
+        str(path.relative_to(store)): path.read_bytes()
+        for folder in sorted(store.glob(f"*/billing_month={month}"))
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+    }
+
+
 def test_a_backfill_that_dies_half_way_marks_later_months_stale(
     extracts: Path, clean_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shutil
-
+    """A backfill from 2024-02 dies evaluating 2024-04: 2024-02 and 2024-03 are republished whole,
+    2024-04 (the faulted month) and 2024-05 keep every file of their old version, byte for byte,
+    and are flagged stale; the rerun the message names converges."""
     store = tmp_path / "store"
     shutil.copytree(clean_store, store)
+    untouched = {month: month_files(store, month) for month in MONTHS[3:]}
+    assert all(untouched.values())
     real_evaluate = bucket.evaluate_bucket
     calls = {"n": 0}
 
@@ -243,6 +264,12 @@ def test_a_backfill_that_dies_half_way_marks_later_months_stale(
         patch.setattr(run_month, "evaluate_bucket", dies_in_the_third_month)
         with pytest.raises(InjectedFault):
             monthly.backfill_tiers(start=MONTHS[1], extracts=str(extracts), store=str(store), buckets=BUCKETS)
+    assert_readable(store)
+    assert_one_run_per_table_month(store)
+    for month in MONTHS[:3]:  # republished by the dead backfill, or before it: rows as in the clean store
+        clean = month_view(clean_store, month)
+        assert set(versions_seen(store, month, clean, clean).values()) == {"either"}, month
+    assert {month: month_files(store, month) for month in MONTHS[3:]} == untouched
     problems = {s.month.strftime("%Y-%m"): s.problem for s in store_status(Store(store))}
     assert problems["2024-02"] is None and problems["2024-03"] is None
     assert problems["2024-04"] is not None and problems["2024-04"].startswith("stale")
