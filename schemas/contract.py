@@ -126,6 +126,26 @@ CONTRACT_COLUMNS: dict[str, pl.DataType] = {
 
 NULLABLE_EXTRACT_COLUMNS = frozenset({"brand", "points_balance"})
 
+SUBSCRIBER_ID_LENGTH = "subscriber_id_length"
+"""Quarantine rule of a ``subscriber_id`` that is not 1 to 32 characters long."""
+SUBSCRIBER_ID_CHARACTERS = "subscriber_id_characters"
+"""Quarantine rule of a ``subscriber_id`` with a control or format character (Unicode categories Cc,
+Cf) anywhere, or whitespace at either end (SPEC section 2)."""
+
+QUARANTINE_RULES: tuple[str, ...] = (
+    CONFLICTING_ROWS,
+    *(f"{column}_required" for column in EXTRACT_COLUMNS if column not in NULLABLE_EXTRACT_COLUMNS),
+    SUBSCRIBER_ID_LENGTH,
+    SUBSCRIBER_ID_CHARACTERS,
+    *(f"{column}_allowed_value" for column in ATTRIBUTE_VALUES),
+    "activation_date_range",
+    "billed_amount_range",
+    "paid_amount_range",
+    "suspension_count_negative",
+    "points_balance_negative",
+)
+"""Every rule a quarantined row can name (``rule`` and the names in ``broken_rules``)."""
+
 AMOUNT_MIN_FEN = -100_000 * 100
 AMOUNT_MAX_FEN = 1_000_000 * 100
 EARLIEST_ACTIVATION = dt.date(1990, 1, 1)
@@ -242,7 +262,7 @@ QUARANTINE = Table(
     columns={
         SOURCE_FILE: Column(pl.String()),
         SOURCE_ROW: Column(pl.Int64(), checks={"ge": 0}),
-        "rule": Column(pl.String()),
+        "rule": Column(pl.String(), checks={"isin": list(QUARANTINE_RULES)}),
         "broken_rules": Column(pl.String()),
         **{
             name: Column(dtype, nullable=True)
