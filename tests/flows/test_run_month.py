@@ -225,3 +225,38 @@ def bucket_of(subscriber_id: str, buckets: int) -> int:
     from transforms.buckets import bucket_numbers
 
     return int(bucket_numbers(pl.Series([subscriber_id]), buckets)[0])
+
+
+def test_the_manifest_checksum_is_of_the_extract_bytes_the_run_read_even_if_the_file_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC 8: checksums in the manifest are of the bytes actually read. The extract is replaced by
+    a rename while the run splits it; the run goes on with the file it opened."""
+    import hashlib
+
+    from tests.extract_factory import replace_when_parsed
+
+    path = write_extract(tmp_path / "x", "2024-01", [row(f"old{i:02d}") for i in range(40)])
+    old = path.read_bytes()
+    new = write_extract(tmp_path / "y", "2024-01", [row(f"new{i:02d}") for i in range(40)]).read_bytes()
+    replace_when_parsed(monkeypatch, path, new, in_place=False)
+    manifest = _run(tmp_path / "s", tmp_path / "x", "2024-01", None, buckets=3)
+    assert path.read_bytes() == new
+    assert [f["sha256"] for f in manifest["inputs"]] == [hashlib.sha256(old).hexdigest()]
+    tiers = pl.read_parquet(Store(tmp_path / "s").month_dir("tier_assignments", dt.date(2024, 1, 1)))
+    assert sorted(set(tiers["subscriber_id"])) == [f"old{i:02d}" for i in range(40)]
+
+
+def test_a_run_refuses_an_extract_rewritten_while_it_is_read_and_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.extract_factory import replace_when_parsed
+
+    path = write_extract(tmp_path / "x", "2024-01", [row(f"old{i:02d}") for i in range(40)])
+    new = write_extract(tmp_path / "y", "2024-01", [row(f"new{i:02d}") for i in range(41)]).read_bytes()
+    replace_when_parsed(monkeypatch, path, new, in_place=True)
+    with pytest.raises(PipelineError) as refused:
+        _run(tmp_path / "s", tmp_path / "x", "2024-01", None, buckets=3)
+    assert str(refused.value) == "extract billing_month=2024-01/part-0.parquet: changed while it was read; rerun"
+    assert Store(tmp_path / "s").manifest_months() == []
+    assert Store(tmp_path / "s").pending_publishes() == []
