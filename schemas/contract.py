@@ -99,6 +99,26 @@ EXTRACT_COLUMNS: dict[str, str] = {
 }
 """The extract as delivered: column -> the kind of type it must be readable as (SPEC section 2)."""
 
+EXTRACT_FILE_DTYPES: dict[str, pl.DataType] = {
+    "subscriber_id": pl.String(),
+    "customer_type": pl.String(),
+    "service_type": pl.String(),
+    "plan_category": pl.String(),
+    "payment_type": pl.String(),
+    "account_class": pl.String(),
+    "real_name_verified": pl.Boolean(),
+    "brand": pl.String(),
+    "activation_date": pl.Date(),
+    "status": pl.String(),
+    "billed_amount": pl.Decimal(12, 2),
+    "paid_amount": pl.Decimal(12, 2),
+    "suspension_count": pl.Int32(),
+    "points_balance": pl.Int64(),
+}
+"""The one concrete type of each extract column in the files this project writes (the bundled sample,
+the benchmark, the tests): :func:`schemas.arrow.extract_arrow_schema` makes it an Arrow schema. A
+delivered extract may use any type of the column's kind above."""
+
 MONTH_COLUMN = "billing_month"
 """The hive partition column; in an extract file, if present, it must equal the folder's month."""
 

@@ -12,24 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-EXTRACT_SCHEMA = pa.schema(
-    [
-        ("subscriber_id", pa.string()),
-        ("customer_type", pa.string()),
-        ("service_type", pa.string()),
-        ("plan_category", pa.string()),
-        ("payment_type", pa.string()),
-        ("account_class", pa.string()),
-        ("real_name_verified", pa.bool_()),
-        ("brand", pa.string()),
-        ("activation_date", pa.date32()),
-        ("status", pa.string()),
-        ("billed_amount", pa.decimal128(12, 2)),
-        ("paid_amount", pa.decimal128(12, 2)),
-        ("suspension_count", pa.int32()),
-        ("points_balance", pa.int64()),
-    ]
-)
+from schemas.arrow import EXTRACT_ARROW_SCHEMA
+
+EXTRACT_SCHEMA = EXTRACT_ARROW_SCHEMA
+"""The contract's extract schema (:mod:`schemas.arrow`): test files are written as the sample is."""
 
 
 def row(
