@@ -40,7 +40,7 @@ from schemas.extract import extract_rules, required_rule
 from schemas.outputs import check_evaluated_subscribers, check_table
 from transforms.changes import tier_changes
 from transforms.evaluate import evaluate_month
-from transforms.extract import collapse_duplicates, conflicting_row_ids, presence, quarantine_table
+from transforms.extract import collapse_duplicates, conflicting_row_ids, presence, quarantine_table, visible_details
 from transforms.guards import missing_subscribers
 
 
@@ -148,12 +148,13 @@ def _value_rule_failures(candidates: pl.DataFrame, month: dt.date) -> pl.DataFra
             pl.col("column").replace_strict(column_order, default=99).alias("column_order"),
         )
         .join(ids, on="index", how="inner")
-        .sort(ROW_ID, "column_order")
+        .sort(ROW_ID, "column_order", pl.col("check_number").fill_null(-1), maintain_order=True)
         .select(
             pl.col(ROW_ID).cast(pl.UInt32),
             "rule",
             pl.col("failure_case").cast(pl.String).fill_null("null").alias("detail"),
         )
+        .with_columns(pl.col("detail").map_batches(visible_details, return_dtype=pl.String))
     )
 
 

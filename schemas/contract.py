@@ -110,6 +110,26 @@ EXTRACT_COLUMNS: dict[str, str] = {
 }
 """The extract as delivered: column -> the kind of type it must be readable as (SPEC section 2)."""
 
+EXTRACT_FILE_DTYPES: dict[str, pl.DataType] = {
+    "subscriber_id": pl.String(),
+    "customer_type": pl.String(),
+    "service_type": pl.String(),
+    "plan_category": pl.String(),
+    "payment_type": pl.String(),
+    "account_class": pl.String(),
+    "real_name_verified": pl.Boolean(),
+    "brand": pl.String(),
+    "activation_date": pl.Date(),
+    "status": pl.String(),
+    "billed_amount": pl.Decimal(12, 2),
+    "paid_amount": pl.Decimal(12, 2),
+    "suspension_count": pl.Int32(),
+    "points_balance": pl.Int64(),
+}
+"""The one concrete type of each extract column in the files this project writes (the bundled sample,
+the benchmark, the tests): :func:`schemas.arrow.extract_arrow_schema` makes it an Arrow schema. A
+delivered extract may use any type of the column's kind above."""
+
 MONTH_COLUMN = "billing_month"
 """The hive partition column; in an extract file, if present, it must equal the folder's month."""
 
@@ -136,6 +156,26 @@ CONTRACT_COLUMNS: dict[str, pl.DataType] = {
 """The normalized extract (money in fen). Equality on these columns defines an exact duplicate."""
 
 NULLABLE_EXTRACT_COLUMNS = frozenset({"brand", "points_balance"})
+
+SUBSCRIBER_ID_LENGTH = "subscriber_id_length"
+"""Quarantine rule of a ``subscriber_id`` that is not 1 to 32 characters long."""
+SUBSCRIBER_ID_CHARACTERS = "subscriber_id_characters"
+"""Quarantine rule of a ``subscriber_id`` with a control or format character (Unicode categories Cc,
+Cf) anywhere, or whitespace at either end (SPEC section 2)."""
+
+QUARANTINE_RULES: tuple[str, ...] = (
+    CONFLICTING_ROWS,
+    *(f"{column}_required" for column in EXTRACT_COLUMNS if column not in NULLABLE_EXTRACT_COLUMNS),
+    SUBSCRIBER_ID_LENGTH,
+    SUBSCRIBER_ID_CHARACTERS,
+    *(f"{column}_allowed_value" for column in ATTRIBUTE_VALUES),
+    "activation_date_range",
+    "billed_amount_range",
+    "paid_amount_range",
+    "suspension_count_negative",
+    "points_balance_negative",
+)
+"""Every rule a quarantined row can name (``rule`` and the names in ``broken_rules``)."""
 
 AMOUNT_MIN_FEN = -100_000 * 100
 AMOUNT_MAX_FEN = 1_000_000 * 100
@@ -280,7 +320,7 @@ QUARANTINE = Table(
     columns={
         SOURCE_FILE: Column(pl.String()),
         SOURCE_ROW: Column(pl.Int64(), checks={"ge": 0}),
-        "rule": Column(pl.String()),
+        "rule": Column(pl.String(), checks={"isin": list(QUARANTINE_RULES)}),
         "broken_rules": Column(pl.String()),
         **{
             name: Column(dtype, nullable=True)

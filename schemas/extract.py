@@ -11,6 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 import pandera.polars as pa
+import polars as pl
 
 from schemas.contract import (
     AMOUNT_MAX_FEN,
@@ -20,7 +21,24 @@ from schemas.contract import (
     EARLIEST_ACTIVATION,
     FEN_SOURCE_COLUMN,
     NULLABLE_EXTRACT_COLUMNS,
+    SUBSCRIBER_ID_CHARACTERS,
+    SUBSCRIBER_ID_LENGTH,
 )
+
+UNPRINTABLE_ID = r"[\p{Cc}\p{Cf}]|^\s|\s$"
+r"""What breaks ``subscriber_id_characters``: a control or format character (Unicode categories Cc and
+Cf: NUL, newline, escape, bidi marks, zero-width characters, BOM) anywhere, or whitespace at either
+end. Polars' regex engine (Rust ``regex``) is Unicode-aware: ``\p{..}`` are general categories and
+``\s`` is Unicode White_Space; ``$`` is the end of the text only (not before a final newline)."""
+
+
+def printable_subscriber_id(values: pl.Expr) -> pl.Expr:
+    """True where ``values`` keeps the character rule of SPEC section 2 (null where null)."""
+    return values.str.contains(UNPRINTABLE_ID).not_()
+
+
+def _printable(data: pa.PolarsData) -> pl.LazyFrame:
+    return data.lazyframe.select(printable_subscriber_id(pl.col(data.key)))
 
 
 @dataclass(frozen=True)
@@ -34,7 +52,10 @@ def _checks(column: str, month_end: dt.date) -> list[NamedCheck]:
     if column in ATTRIBUTE_VALUES:
         return [NamedCheck(f"{column}_allowed_value", pa.Check.isin(list(ATTRIBUTE_VALUES[column])))]
     if column == "subscriber_id":
-        return [NamedCheck("subscriber_id_length", pa.Check.str_length(1, 32))]
+        return [
+            NamedCheck(SUBSCRIBER_ID_LENGTH, pa.Check.str_length(1, 32)),
+            NamedCheck(SUBSCRIBER_ID_CHARACTERS, pa.Check(_printable, name=SUBSCRIBER_ID_CHARACTERS)),
+        ]
     if column == "activation_date":
         return [NamedCheck("activation_date_range", pa.Check.in_range(EARLIEST_ACTIVATION, month_end))]
     if column in FEN_SOURCE_COLUMN:

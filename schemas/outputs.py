@@ -1,16 +1,24 @@
 """Pandera models of every published table, derived from the data contract (:mod:`schemas.contract`),
 and the per-bucket check of each output table against them.
 
-Each model's description is its table's grain. Checking 8 million tier rows row by row through
-Pandera took seconds, so :func:`check_table` lets Pandera check the schema (exact columns and
-dtypes) and evaluates every value rule of the contract (nulls, allowed values, bounds, lengths) as
-one Polars pass, bucket by bucket. Uniqueness is checked where it is not true by construction: the
-per-subscriber tables are one row per evaluated subscriber (and program), and a subscriber lives
-in exactly one bucket, so one check that the bucket's evaluated ids are distinct covers them all.
-``billing_month`` is the hive partition folder, not a file column.
+Each model's description is its table's grain. The value rules are written once: each kind of
+check a contract column may carry (``Column.checks``: ``isin``, ``ge``, ``str_length``) is one Polars
+expression in :data:`VALUE_RULES`, and the rules of a whole row in :data:`ROW_RULES`. The Pandera
+models carry those expressions as their checks, and :func:`check_table` evaluates the same
+expressions as one Polars pass, bucket by bucket (checking 8 million tier rows row by row through
+Pandera took seconds), after Pandera has checked the schema (exact columns and dtypes). Uniqueness
+is checked where it is not true by construction: the per-subscriber tables are one row per
+evaluated subscriber (and program), and a subscriber lives in exactly one bucket, so one check that
+the bucket's evaluated ids are distinct covers them all. ``billing_month`` is the hive partition
+folder, not a file column.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import pandera.polars as pa
 import polars as pl
@@ -18,36 +26,68 @@ from pandera.errors import SchemaError, SchemaErrors
 
 from schemas.contract import TIER_ASSIGNMENTS, Column, Table, published_tables
 
+VALUE_RULES: dict[str, Callable[[pl.Expr, Any], pl.Expr]] = {
+    "isin": lambda values, allowed: values.is_in(allowed),
+    "ge": lambda values, low: values >= low,
+    "str_length": lambda values, bounds: values.str.len_chars().is_between(*bounds),
+}
+"""Each kind of a contract column's ``checks`` -> the expression that holds where a value keeps the rule
+(given the column's values and the check's argument). It is null where the value is null: nulls are
+judged by the column's ``nullable``, not by its checks."""
 
-def _checks(column: Column) -> list[pa.Check]:
-    checks = []
-    for kind, argument in column.checks.items():
-        match kind:
-            case "isin":
-                checks.append(pa.Check.isin(argument))
-            case "ge":
-                checks.append(pa.Check.ge(argument))
-            case "str_length":
-                checks.append(pa.Check.str_length(*argument))
-            case _:
-                raise ValueError(f"unknown check {kind!r}")
-    return checks
+ROW_RULES: dict[str, dict[str, pl.Expr]] = {
+    TIER_ASSIGNMENTS.name: {
+        # a validity window belongs to a level: no level, no window
+        "validity_only_with_a_level": pl.col("level").is_not_null() | pl.col("valid_until").is_null(),
+    },
+}
+"""Table name -> rules on several columns of a row, by name -> the expression that holds where a row keeps it."""
 
 
-def _validity_only_with_a_level(data: pa.PolarsData) -> pl.LazyFrame:
-    """A validity window belongs to a level: no level, no window."""
-    return data.lazyframe.select(pl.col("level").is_not_null() | pl.col("valid_until").is_null())
+@dataclass(frozen=True)
+class ValueRule:
+    """One value rule of a table: the column it checks (None: the whole row), its name as problems
+    report it, and where it holds."""
+
+    column: str | None
+    name: str
+    holds: pl.Expr
+
+
+def value_rules(table: Table) -> list[ValueRule]:
+    """Every value rule of ``table``: its columns' checks in column order, then its row rules."""
+    unknown = {kind for column in table.columns.values() for kind in column.checks} - set(VALUE_RULES)
+    if unknown:
+        raise ValueError(f"table {table.name}: unknown check {sorted(unknown)}")
+    rules = [
+        ValueRule(name, f"{kind} {argument}", VALUE_RULES[kind](pl.col(name), argument))
+        for name, column in table.columns.items()
+        for kind, argument in column.checks.items()
+    ]
+    rules += [ValueRule(None, name, holds) for name, holds in ROW_RULES.get(table.name, {}).items()]
+    return rules
+
+
+def _holds(holds: pl.Expr, data: pa.PolarsData) -> pl.LazyFrame:
+    return data.lazyframe.select(holds)
+
+
+def _pandera_check(rule: ValueRule) -> pa.Check:
+    return pa.Check(partial(_holds, rule.holds), name=rule.name)
 
 
 def table_schema(table: Table) -> pa.DataFrameSchema:
     """The strict Pandera schema of one contract table (exact columns, dtypes, nulls, checks, key)."""
-    extra = [pa.Check(_validity_only_with_a_level, name="validity_only_with_a_level")]
+    rules = value_rules(table)
+
+    def column(name: str, spec: Column) -> pa.Column:
+        checks = [_pandera_check(rule) for rule in rules if rule.column == name]
+        return pa.Column(spec.dtype, nullable=spec.nullable, checks=checks)
+
+    row_checks = [_pandera_check(rule) for rule in rules if rule.column is None]
     return pa.DataFrameSchema(
-        {
-            name: pa.Column(column.dtype, nullable=column.nullable, checks=_checks(column))
-            for name, column in table.columns.items()
-        },
-        checks=extra if table.name == TIER_ASSIGNMENTS.name else None,
+        {name: column(name, spec) for name, spec in table.columns.items()},
+        checks=row_checks or None,
         unique=list(table.unique) or None,
         strict=True,
         coerce=False,
@@ -61,29 +101,20 @@ TABLE_MODELS: dict[str, pa.DataFrameSchema] = {name: table_schema(table) for nam
 
 
 def _value_rule_breaks(table: Table) -> list[pl.Expr]:
-    """One count per value rule of the contract; every count is 0 for a table that keeps them."""
+    """One count per rule of the contract, column by column (nulls, then the column's checks), then the
+    row rules; every count is 0 for a table that keeps them. Counts are named ``<column>: <rule>``."""
+    rules = value_rules(table)
     counts = []
     for name, column in table.columns.items():
-        values = pl.col(name)
         if not column.nullable:
-            counts.append(values.null_count().alias(f"{name}: null"))
-        for kind, argument in column.checks.items():
-            match kind:
-                case "isin":
-                    broken = ~values.is_in(argument)
-                case "ge":
-                    broken = values < argument
-                case "str_length":
-                    low, high = argument
-                    length = values.str.len_chars()
-                    broken = (length < low) | (length > high)
-                case _:
-                    raise ValueError(f"unknown check {kind!r}")
-            counts.append(broken.fill_null(False).sum().alias(f"{name}: {kind} {argument}"))
-    if table.name == TIER_ASSIGNMENTS.name:
-        window_without_level = pl.col("level").is_null() & pl.col("valid_until").is_not_null()
-        counts.append(window_without_level.sum().alias("validity_only_with_a_level"))
+            counts.append(pl.col(name).null_count().alias(f"{name}: null"))
+        counts += [_broken(rule).alias(f"{name}: {rule.name}") for rule in rules if rule.column == name]
+    counts += [_broken(rule).alias(rule.name) for rule in rules if rule.column is None]
     return counts
+
+
+def _broken(rule: ValueRule) -> pl.Expr:
+    return rule.holds.not_().fill_null(False).sum()
 
 
 PER_SUBSCRIBER_TABLES = frozenset({"tier_assignments", "state", "memberships", "extract_presence"})

@@ -27,9 +27,10 @@ One invocation:
    processes used meanwhile (with a warning when the machine was not idle), and a sanity check of
    the peer's levels against the run's ``tier_assignments``. ``--json FILE`` saves all of it.
 
-Only the ``billing-tiers`` command line is used, never the engine's modules: the benchmark measures
-what an operator runs. numpy, pyarrow and polars are imported inside the functions that need them
-so that the DuckDB peer, which runs this same file, loads nothing but duckdb.
+Only the ``billing-tiers`` command line is used, never the engine's modules (the extracts take the
+contract's Arrow schema from ``schemas/arrow.py``): the benchmark measures what an operator runs.
+numpy, pyarrow and polars are imported inside the functions that need them so that the DuckDB
+peer, which runs this same file, loads nothing but duckdb.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ ENGINE_TO_DUCKDB_TARGET = 0.5  # engine time / DuckDB wall
 RUN_TO_DUCKDB_TARGET = 1.0  # run wall / DuckDB wall
 
 # ------------------------------------------------------------------------- synthetic extracts
-GENERATOR_VERSION = 1  # bump whenever the generated data changes, so stale extracts are not reused
+GENERATOR_VERSION = 2  # bump whenever the generated data changes, so stale extracts are not reused
+# (2: suspension_count is int32, the contract's type)
 ID_PREFIX = "138"
 CUSTOMER_TYPES = ("individual", "family", "group")
 CUSTOMER_TYPE_SHARES = (0.85, 0.10, 0.05)
@@ -290,26 +292,10 @@ def enum_strings(values: Sequence[str], codes: npt.NDArray[np.int8]) -> pa.Array
 
 
 def extract_schema() -> pa.Schema:
-    import pyarrow as pa
+    """The contract's extract schema, as the sample and the tests write it (``suspension_count`` int32)."""
+    from schemas.arrow import extract_arrow_schema
 
-    return pa.schema(
-        [
-            ("subscriber_id", pa.string()),
-            ("customer_type", pa.string()),
-            ("service_type", pa.string()),
-            ("plan_category", pa.string()),
-            ("payment_type", pa.string()),
-            ("account_class", pa.string()),
-            ("real_name_verified", pa.bool_()),
-            ("brand", pa.string()),
-            ("activation_date", pa.date32()),
-            ("status", pa.string()),
-            ("billed_amount", pa.decimal128(12, 2)),
-            ("paid_amount", pa.decimal128(12, 2)),
-            ("suspension_count", pa.int64()),
-            ("points_balance", pa.int64()),
-        ]
-    )
+    return extract_arrow_schema()
 
 
 def month_rows(spec: DataSpec, chunk: int, first_slot: int, lines: Lines, month_index: int) -> pa.Table:
@@ -367,6 +353,7 @@ def month_rows(spec: DataSpec, chunk: int, first_slot: int, lines: Lines, month_
     lines.points[redeem] -= POINTS_REDEEM_AMOUNT
 
     rows = np.flatnonzero(present)
+    schema = extract_schema()
     id_numbers = lines.generation[rows] * spec.subscribers + first_slot + rows
     subscriber_id = (ID_PREFIX + pl.Series(id_numbers).cast(pl.String).str.zfill(spec.id_digits)).to_arrow()
     return pa.table(
@@ -383,10 +370,10 @@ def month_rows(spec: DataSpec, chunk: int, first_slot: int, lines: Lines, month_
             enum_strings(STATUSES, status[rows]),
             yuan_from_fen(billed_fen[rows]),
             yuan_from_fen(paid_fen[rows]),
-            pa.array(suspension_count[rows], pa.int64()),
-            pa.array(lines.points[rows], pa.int64(), mask=~lines.has_points[rows]),
+            pa.array(suspension_count[rows], schema.field("suspension_count").type),
+            pa.array(lines.points[rows], schema.field("points_balance").type, mask=~lines.has_points[rows]),
         ],
-        schema=extract_schema(),
+        schema=schema,
     )
 
 

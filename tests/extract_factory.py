@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-EXTRACT_SCHEMA = pa.schema(
-    [
-        ("subscriber_id", pa.string()),
-        ("customer_type", pa.string()),
-        ("service_type", pa.string()),
-        ("plan_category", pa.string()),
-        ("payment_type", pa.string()),
-        ("account_class", pa.string()),
-        ("real_name_verified", pa.bool_()),
-        ("brand", pa.string()),
-        ("activation_date", pa.date32()),
-        ("status", pa.string()),
-        ("billed_amount", pa.decimal128(12, 2)),
-        ("paid_amount", pa.decimal128(12, 2)),
-        ("suspension_count", pa.int32()),
-        ("points_balance", pa.int64()),
-    ]
-)
+from schemas.arrow import EXTRACT_ARROW_SCHEMA
+
+EXTRACT_SCHEMA = EXTRACT_ARROW_SCHEMA
+"""The contract's extract schema (:mod:`schemas.arrow`): test files are written as the sample is."""
 
 
 def row(
@@ -86,3 +74,29 @@ def write_history(extracts: Path, months: list[str], subscribers: int = 40, seed
             billed = levels[number] if (index + number) % 5 else "0.00"
             rows.append(row(f"1380000{number:04d}", billed, points_balance=500 * index, status=status))
         write_extract(extracts, month, rows)
+
+
+def replace_when_parsed(monkeypatch: pytest.MonkeyPatch, path: Path, new_bytes: bytes, *, in_place: bool) -> None:
+    """Replace ``path`` right after the reader has parsed its first rows: by a rename onto the path (as a
+    delivery tool does) or by rewriting the file where it is (as ``cp`` does). A reader that hashed the
+    path again after parsing would record the checksum of the new file, not of the rows it read."""
+    import billing_tiers.extract_io as extract_io
+
+    normalize = extract_io._normalize
+    done: list[bool] = []
+
+    def normalize_then_replace(*args: object, **kwargs: object) -> object:
+        rows = normalize(*args, **kwargs)  # type: ignore[arg-type]
+        if not done:
+            done.append(True)
+            if in_place:
+                with path.open("r+b") as handle:
+                    handle.write(new_bytes)
+                    handle.truncate()
+            else:
+                other = path.with_name("incoming.tmp")
+                other.write_bytes(new_bytes)
+                os.replace(other, path)
+        return rows
+
+    monkeypatch.setattr(extract_io, "_normalize", normalize_then_replace)

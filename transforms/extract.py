@@ -38,6 +38,31 @@ def conflicting_row_ids(rows: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+_HIDDEN = r"[^\p{L}\p{M}\p{N}\p{P}\p{S} ]|^\s|\s$"
+"""A text that holds a character a reader cannot see or a terminal would act on: anything but letters,
+marks, digits, punctuation, symbols and the plain space, or whitespace at either end."""
+
+
+def visible_text(text: str) -> str:
+    """``text`` with every character that is not printable (control, format, separator other than the
+    space, unassigned...) and whitespace at either end written as ``<U+XXXX>``: a quarantined value
+    shown in ``broken_rules`` says exactly what was wrong with it, and prints as what it is."""
+    last = len(text) - 1
+    return "".join(
+        f"<U+{ord(char):04X}>" if not char.isprintable() or (char.isspace() and index in (0, last)) else char
+        for index, char in enumerate(text)
+    )
+
+
+def visible_details(details: pl.Series) -> pl.Series:
+    """:func:`visible_text` on the values that need it (found by one regex pass), the rest as they are."""
+    hidden = details.str.contains(_HIDDEN).fill_null(False).arg_true()
+    if hidden.len() == 0:
+        return details
+    shown = [visible_text(text) for text in details.gather(hidden).to_list()]
+    return details.scatter(hidden, pl.Series(shown, dtype=pl.String))
+
+
 def quarantine_table(rows: pl.LazyFrame, *, failures: pl.LazyFrame) -> pl.LazyFrame:
     """One row per rejected input row: its file, position, columns and the rules it broke.
 

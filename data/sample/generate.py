@@ -1,10 +1,11 @@
 """Deterministic sample billing extracts for billing-tiers.
 
 Writes one Parquet file per billing month, ``<out>/billing_month=YYYY-MM/part-0.parquet``, for the
-27 months 2024-01 .. 2026-03, following the extract contract of SPEC section 2 (plus a
-``billing_month`` column equal to the folder's month). Usage::
+27 months 2024-01 .. 2026-03, following the extract contract of SPEC section 2 with the contract's
+Arrow schema (``schemas/arrow.py``, so the project must be installed) plus a ``billing_month``
+column equal to the folder's month. Usage::
 
-    python data/sample/generate.py [--out DIR]      # default: data/sample/extracts
+    .venv/bin/python data/sample/generate.py [--out DIR]      # default: data/sample/extracts
 
 The output is byte-for-byte identical on every run: all randomness comes from ``random.Random``
 seeded with fixed strings (string seeds are hashed with SHA-512, so ``PYTHONHASHSEED`` does not
@@ -44,30 +45,15 @@ from typing import Any, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas.arrow import EXTRACT_ARROW_SCHEMA
+
 SEED = "billing-tiers-sample-v1"
 FIRST_YEAR, FIRST_MONTH = 2024, 1
 MONTH_COUNT = 27  # 2024-01 .. 2026-03
 DEFAULT_OUT = Path(__file__).resolve().parent / "extracts"
 
-SCHEMA = pa.schema(
-    [
-        ("subscriber_id", pa.string()),
-        ("customer_type", pa.string()),
-        ("service_type", pa.string()),
-        ("plan_category", pa.string()),
-        ("payment_type", pa.string()),
-        ("account_class", pa.string()),
-        ("real_name_verified", pa.bool_()),
-        ("brand", pa.string()),
-        ("activation_date", pa.date32()),
-        ("status", pa.string()),
-        ("billed_amount", pa.decimal128(12, 2)),
-        ("paid_amount", pa.decimal128(12, 2)),
-        ("suspension_count", pa.int32()),
-        ("points_balance", pa.int64()),
-        ("billing_month", pa.string()),
-    ]
-)
+SCHEMA = EXTRACT_ARROW_SCHEMA.append(pa.field("billing_month", pa.string()))
+"""The contract's extract schema (``suspension_count`` int32 ...) plus the ``billing_month`` column."""
 
 Row = dict[str, object]
 """One extract row: column name -> Python value (money as ``Decimal``)."""

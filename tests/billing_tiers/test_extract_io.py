@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from billing_tiers.errors import PipelineError
 from billing_tiers.extract_io import read_extract_file
-from tests.extract_factory import EXTRACT_SCHEMA, row, write_extract
+from tests.extract_factory import EXTRACT_SCHEMA, replace_when_parsed, row, write_extract
 
 MONTH = dt.date(2024, 3, 1)
 
@@ -155,3 +157,77 @@ def test_batches_grow_with_the_bucket_count_within_bounds() -> None:
     assert [batch_rows(k) for k in (1, 8, 25, 40, 198, 1000)] == [
         250_000, 250_000, 250_000, 400_000, 1_980_000, 2_000_000
     ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- checksums of the bytes read
+
+
+def test_a_file_of_many_row_groups_reads_in_file_order_with_the_checksum_of_its_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    schema = EXTRACT_SCHEMA.append(pa.field("region", pa.string()))
+    rows = [{**row(f"s{i:03d}", f"{i}.00"), "region": "north"} for i in range(250)]
+    path = tmp_path / "billing_month=2024-03" / "part-0.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=40)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 7
+    extract = read_extract_file(path, month=MONTH, root=tmp_path)
+    assert extract.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert extract.rows["subscriber_id"].to_list() == [f"s{i:03d}" for i in range(250)]
+    assert extract.rows["billed_fen"].to_list() == [i * 100 for i in range(250)]
+    assert extract.ignored_columns == ("region",)
+    empty = write_extract(tmp_path, "2024-03", [], name="empty.parquet")
+    assert read_extract_file(empty, month=MONTH, root=tmp_path).rows.height == 0
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda table, path: pq.write_table(table, path, row_group_size=33, compression="none", write_page_index=True),
+        lambda table, path: pq.write_table(table, path, row_group_size=50, use_dictionary=False, data_page_size=64),
+        lambda table, path: pl.from_arrow(table).write_parquet(path, row_group_size=40),  # type: ignore[union-attr]
+    ],
+    ids=["pyarrow-page-index", "pyarrow-small-pages", "polars"],
+)
+def test_files_of_other_layouts_read_the_same_rows_with_the_checksum_of_their_bytes(
+    tmp_path: Path, write: Callable[[pa.Table, Path], None]
+) -> None:
+    import hashlib
+
+    table = pa.Table.from_pylist([row(f"s{i:03d}", f"{i}.25") for i in range(200)], schema=EXTRACT_SCHEMA)
+    path = tmp_path / "billing_month=2024-03" / "part-0.parquet"
+    path.parent.mkdir()
+    write(table, path)
+    extract = read_extract_file(path, month=MONTH, root=tmp_path)
+    assert extract.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert extract.rows["subscriber_id"].to_list() == [f"s{i:03d}" for i in range(200)]
+    assert extract.rows["billed_fen"].to_list() == [i * 100 + 25 for i in range(200)]
+
+
+def two_versions(tmp_path: Path) -> tuple[Path, bytes, bytes]:
+    """An extract file and the bytes of another version of it (other rows, other size)."""
+    other = write_extract(tmp_path / "other", "2024-03", [row(f"new{i}", "7.00") for i in range(30)])
+    path = write_extract(tmp_path, "2024-03", [row(f"old{i}") for i in range(20)])
+    return path, path.read_bytes(), other.read_bytes()
+
+
+def test_a_file_replaced_while_it_is_read_gives_the_checksum_of_the_bytes_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    path, old, new = two_versions(tmp_path)
+    replace_when_parsed(monkeypatch, path, new, in_place=False)
+    extract = read_extract_file(path, month=MONTH, root=tmp_path)
+    assert extract.rows["subscriber_id"].to_list() == [f"old{i}" for i in range(20)]
+    assert extract.sha256 == hashlib.sha256(old).hexdigest() != hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_file_rewritten_in_place_while_it_is_read_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _, new = two_versions(tmp_path)
+    replace_when_parsed(monkeypatch, path, new, in_place=True)
+    with pytest.raises(PipelineError) as refused:
+        read_extract_file(path, month=MONTH, root=tmp_path)
+    assert str(refused.value) == "extract billing_month=2024-03/part-0.parquet: changed while it was read; rerun"

@@ -193,3 +193,70 @@ def test_the_manifest_flags_a_rulebook_that_differs_from_the_previous_months(tmp
     third = _run(tmp_path / "s", extracts, "2024-03", "2024-02", rulebook=changed)
     flags = [m["rulebook"]["changed_from_previous"] for m in (first, second, third)]
     assert flags == [False, True, False]
+
+
+def test_ids_with_hidden_characters_are_quarantined_in_every_bucket_and_odd_looking_ids_are_evaluated(
+    tmp_path: Path,
+) -> None:
+    """SPEC 2's subscriber_id character rule, end to end over several buckets: the bad ids are published
+    in quarantine exactly as read, the odd-looking but valid ones are evaluated like any other."""
+    bad = ["\x00", "\n", "\x1b[31m", "\u202e", "\u200b", "\ufeff", " 1380", "1380\t"]
+    odd = ["13800000000", "用户-01", "a b", "[bold red]x[/bold red]", "[/]"]
+    filler = [row(f"f{i:04d}") for i in range(1000)]  # 9 of 1014 rows quarantined: inside the 1% guard
+    write_extract(tmp_path / "x", "2024-01", [*[row(i) for i in [*bad, *odd]], row("x" * 33), *filler])
+    manifest = _run(tmp_path / "s", tmp_path / "x", "2024-01", None, buckets=3)
+    assert manifest["quarantine_by_rule"] == {"subscriber_id_characters": 8, "subscriber_id_length": 1}
+    store = Store(tmp_path / "s")
+    quarantine = pl.read_parquet(store.month_dir("quarantine", dt.date(2024, 1, 1))).sort("source_row")
+    assert quarantine.select("subscriber_id", "rule").rows() == [
+        *[(i, "subscriber_id_characters") for i in bad],
+        ("x" * 33, "subscriber_id_length"),
+    ]
+    assert quarantine["source_row"].to_list() == [*range(8), 13]
+    assert len(set(quarantine["subscriber_id"].map_elements(lambda i: bucket_of(i, 3), return_dtype=pl.Int64))) > 1
+    tiers = pl.read_parquet(store.month_dir("tier_assignments", dt.date(2024, 1, 1)))
+    vip = tiers.filter(pl.col("program") == "unicom_vip")
+    assert vip.height == 1000 + len(odd)
+    assert set(odd) <= set(vip["subscriber_id"])
+    assert not set(bad) & set(tiers["subscriber_id"])
+
+
+def bucket_of(subscriber_id: str, buckets: int) -> int:
+    from transforms.buckets import bucket_numbers
+
+    return int(bucket_numbers(pl.Series([subscriber_id]), buckets)[0])
+
+
+def test_the_manifest_checksum_is_of_the_extract_bytes_the_run_read_even_if_the_file_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC 8: checksums in the manifest are of the bytes actually read. The extract is replaced by
+    a rename while the run splits it; the run goes on with the file it opened."""
+    import hashlib
+
+    from tests.extract_factory import replace_when_parsed
+
+    path = write_extract(tmp_path / "x", "2024-01", [row(f"old{i:02d}") for i in range(40)])
+    old = path.read_bytes()
+    new = write_extract(tmp_path / "y", "2024-01", [row(f"new{i:02d}") for i in range(40)]).read_bytes()
+    replace_when_parsed(monkeypatch, path, new, in_place=False)
+    manifest = _run(tmp_path / "s", tmp_path / "x", "2024-01", None, buckets=3)
+    assert path.read_bytes() == new
+    assert [f["sha256"] for f in manifest["inputs"]] == [hashlib.sha256(old).hexdigest()]
+    tiers = pl.read_parquet(Store(tmp_path / "s").month_dir("tier_assignments", dt.date(2024, 1, 1)))
+    assert sorted(set(tiers["subscriber_id"])) == [f"old{i:02d}" for i in range(40)]
+
+
+def test_a_run_refuses_an_extract_rewritten_while_it_is_read_and_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.extract_factory import replace_when_parsed
+
+    path = write_extract(tmp_path / "x", "2024-01", [row(f"old{i:02d}") for i in range(40)])
+    new = write_extract(tmp_path / "y", "2024-01", [row(f"new{i:02d}") for i in range(41)]).read_bytes()
+    replace_when_parsed(monkeypatch, path, new, in_place=True)
+    with pytest.raises(PipelineError) as refused:
+        _run(tmp_path / "s", tmp_path / "x", "2024-01", None, buckets=3)
+    assert str(refused.value) == "extract billing_month=2024-01/part-0.parquet: changed while it was read; rerun"
+    assert Store(tmp_path / "s").manifest_months() == []
+    assert Store(tmp_path / "s").pending_publishes() == []

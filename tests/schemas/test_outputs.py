@@ -7,9 +7,10 @@ from decimal import Decimal
 
 import polars as pl
 import pytest
+from pandera.errors import SchemaErrors
 
-from schemas.contract import ACTIONS, CARD_ISSUANCE, REASON_CODES, TIER_ASSIGNMENTS, published_tables
-from schemas.outputs import TABLE_MODELS, check_evaluated_subscribers, check_table
+from schemas.contract import ACTIONS, CARD_ISSUANCE, REASON_CODES, TIER_ASSIGNMENTS, Column, Table, published_tables
+from schemas.outputs import TABLE_MODELS, VALUE_RULES, check_evaluated_subscribers, check_table, table_schema
 
 
 def tier_row(**overrides: object) -> dict[str, object]:
@@ -68,6 +69,52 @@ def test_a_good_table_has_no_problem_and_passes_the_full_pandera_model_too() -> 
 def test_each_broken_value_rule_is_named(overrides: dict[str, object], rule: str) -> None:
     # the one rule the row breaks, with its argument and the count of rows breaking it
     assert check_table(tiers(tier_row(**overrides)), TIER_ASSIGNMENTS) == [f"{rule}: 1 rows"]
+
+
+BROKEN_ROWS = [
+    {"action": "promote"},
+    {"reason_code": "because"},
+    {"program": None},
+    {"subscriber_id": ""},
+    {"subscriber_id": "x" * 33},
+    {"months_absent": -1},
+    {"points_balance": -5},
+    {"level": None, "card_id": None},
+    {"months_absent": -1, "tenure_years": -2, "action": "x", "reason_code": None},
+]
+
+
+@pytest.mark.parametrize("overrides", BROKEN_ROWS)
+def test_the_pandera_model_and_the_one_pass_check_name_the_same_broken_rules(overrides: dict[str, object]) -> None:
+    """Both output checks come from one table of rules: the full Pandera model of a table finds what
+    check_table finds, rule for rule and in the same words."""
+    frame = tiers(tier_row(), tier_row(**{"subscriber_id": "s2", "card_id": "VIP-20240205-s2", **overrides}))
+    with pytest.raises(SchemaErrors) as failed:
+        TABLE_MODELS["tier_assignments"].validate(frame, lazy=True)
+    cases = failed.value.failure_cases
+    pandera = [
+        check if context == "DataFrameSchema" else f"{column}: {'null' if check == 'not_nullable' else check}"
+        for context, column, check in cases.select("schema_context", "column", "check").rows()
+    ]
+    one_pass = [problem.removesuffix(": 1 rows") for problem in check_table(frame, TIER_ASSIGNMENTS)]
+    assert sorted(pandera) == sorted(one_pass)
+
+
+def test_one_table_of_value_rules_drives_both_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kind of check added to VALUE_RULES is enforced by the Pandera model and by check_table alike."""
+    monkeypatch.setitem(VALUE_RULES, "le", lambda values, high: values <= high)
+    table = Table("t", "One row per test value.", {"x": Column(pl.Int64(), nullable=True, checks={"ge": 0, "le": 5})})
+    frame = pl.DataFrame({"x": [3, 7, -1, None, 9]}, schema={"x": pl.Int64})
+    assert check_table(frame, table) == ["x: ge 0: 1 rows", "x: le 5: 2 rows"]
+    with pytest.raises(SchemaErrors) as failed:
+        table_schema(table).validate(frame, lazy=True)
+    assert sorted(failed.value.failure_cases.select("check", "failure_case").rows()) == [
+        ("ge 0", "-1"),
+        ("le 5", "7"),
+        ("le 5", "9"),
+    ]
+    with pytest.raises(ValueError, match=r"table t: unknown check \['lt'\]"):
+        check_table(frame, Table("t", "", {"x": Column(pl.Int64(), checks={"lt": 1})}))
 
 
 def test_a_wrong_column_set_or_dtype_is_a_schema_problem() -> None:

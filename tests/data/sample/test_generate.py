@@ -132,6 +132,9 @@ def value_rule_breaks(table: pa.Table, month_end: dt.date) -> pa.BooleanArray:
     holds += [
         pc.greater_equal(length, 1),
         pc.less_equal(length, 32),
+        # no control or format character, no whitespace at either end (every White_Space character
+        # that is not Cc is a separator, Z)
+        pc.invert(pc.match_substring_regex(table["subscriber_id"], r"[\p{Cc}\p{Cf}]|^\p{Z}|\p{Z}$")),
         pc.or_kleene(pc.is_null(table["brand"]), pc.is_in(table["brand"], value_set=pa.array(BRANDS))),
         pc.greater_equal(table["activation_date"], pa.scalar(dt.date(1990, 1, 1))),
         pc.less_equal(table["activation_date"], pa.scalar(month_end)),
