@@ -112,26 +112,12 @@ def _guarded(debug: bool, action: Callable[[], T]) -> T:
         raise typer.Exit(1) from None
 
 
-def _check_prefect_server() -> None:
-    """With PREFECT_API_URL set, a server that does not answer is one clear line, not a traceback."""
-    url = os.environ.get("PREFECT_API_URL")
-    if not url:
-        return
-    import httpx
-
-    try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
-    except httpx.HTTPError as exc:
-        raise PipelineError(
-            f"the Prefect server at {url} does not answer ({type(exc).__name__}); start it "
-            f"(`prefect server start`) or unset PREFECT_API_URL to use a temporary one"
-        ) from None
-
-
 def _start_prefect(debug: bool) -> Any:
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    _check_prefect_server()
+    from billing_tiers.prefect_api import require_prefect_api
+
+    require_prefect_api()
     from flows import monthly
 
     if not debug:
