@@ -24,6 +24,7 @@ from rich.table import Table
 from billing_tiers import __version__, progress
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import month_label, parse_month
+from flows.dask_cluster import DASK_TIMEOUT_SECONDS
 from rulebook import RulebookError, load_rulebook
 
 app = typer.Typer(
@@ -58,6 +59,16 @@ DaskAddressOption = Annotated[
 DaskWorkersOption = Annotated[
     int | None,
     typer.Option("--dask-workers", min=1, help="Start a local Dask cluster of N worker processes for the run."),
+]
+DaskTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--dask-timeout",
+        min=1,
+        metavar="SECONDS",
+        help=f"On Dask: fail when the scheduler does not answer, or no worker is there, for this long "
+        f"(default: {DASK_TIMEOUT_SECONDS:g} s).",
+    ),
 ]
 
 T = TypeVar("T")
@@ -301,6 +312,7 @@ def run(
     buckets: BucketsOption = None,
     dask_address: DaskAddressOption = None,
     dask_workers: DaskWorkersOption = None,
+    dask_timeout: DaskTimeoutOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
@@ -314,7 +326,9 @@ def run(
             _refuse_rulebook(the_store, plan_run(the_store, target).build_on, rulebook)
             monthly = _start_prefect(debug)
             flow = monthly.monthly_tiers.with_options(
-                task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
+                task_runner=monthly.task_runner(
+                    dask_address=dask_address, dask_workers=dask_workers, dask_timeout=dask_timeout
+                )
             )
             result: list[dict[str, Any]] = flow(
                 month=month_label(target),
@@ -340,6 +354,7 @@ def backfill(
     buckets: BucketsOption = None,
     dask_address: DaskAddressOption = None,
     dask_workers: DaskWorkersOption = None,
+    dask_timeout: DaskTimeoutOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Recompute months in order from --from through --to, replacing what was published."""
@@ -355,7 +370,9 @@ def backfill(
             _check_extract_footers(extracts, plan.months)
             monthly = _start_prefect(debug)
             flow = monthly.backfill_tiers.with_options(
-                task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers)
+                task_runner=monthly.task_runner(
+                    dask_address=dask_address, dask_workers=dask_workers, dask_timeout=dask_timeout
+                )
             )
             with progress.months(len(plan.months)):
                 result: list[dict[str, Any]] = flow(

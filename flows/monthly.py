@@ -18,6 +18,7 @@ import prefect.runtime.flow_run
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from billing_tiers import progress
@@ -25,19 +26,27 @@ from billing_tiers.errors import PipelineError
 from billing_tiers.history import Plan, plan_backfill, plan_run, refuse_rulebook_change
 from billing_tiers.months import parse_month
 from billing_tiers.store import Store
+from flows import dask_cluster
 from flows.bucket import BucketJob, BucketResult
 from flows.run_month import run_month
 from rulebook import load_rulebook
 
 
-def task_runner(*, dask_address: str | None = None, dask_workers: int | None = None) -> TaskRunner[Any]:
+def task_runner(
+    *, dask_address: str | None = None, dask_workers: int | None = None, dask_timeout: float | None = None
+) -> TaskRunner[Any]:
     """Where the buckets run: an existing Dask cluster, a local one started for the run, or (default)
-    one bucket at a time in this process, since Polars already uses every core inside a bucket."""
+    one bucket at a time in this process, since Polars already uses every core inside a bucket.
+
+    On Dask, ``dask_timeout`` (default :data:`flows.dask_cluster.DASK_TIMEOUT_SECONDS`) bounds the
+    wait for the scheduler and for a worker (:mod:`flows.dask_cluster`); it travels as the Dask
+    client's own ``timeout``."""
     if dask_address or dask_workers:
         from prefect_dask import DaskTaskRunner
 
+        client_kwargs = {"timeout": dask_cluster.check_timeout(dask_timeout)}
         if dask_address:
-            return DaskTaskRunner(address=dask_address)
+            return DaskTaskRunner(address=dask_address, client_kwargs=client_kwargs)
         # The local cluster listens on this machine only, its HTTP server included: the scheduler
         # always serves one (dashboard or not), by default on every interface at :8787, which another
         # cluster on the machine may hold; a free local port instead.
@@ -48,13 +57,18 @@ def task_runner(*, dask_address: str | None = None, dask_workers: int | None = N
                 "processes": True,
                 "host": "127.0.0.1",
                 "dashboard_address": "127.0.0.1:0",
-            }
+            },
+            client_kwargs=client_kwargs,
         )
     return ThreadPoolTaskRunner(max_workers=1)
 
 
 def _map_as_tasks(work: Callable[[BucketJob], BucketResult], jobs: Sequence[BucketJob]) -> list[BucketResult]:
-    """Each bucket is a Prefect task (``evaluate-2026-03-b002``) on the flow's task runner."""
+    """Each bucket is a Prefect task (``evaluate-2026-03-b002``) on the flow's task runner.
+
+    On a Dask cluster, no bucket is submitted before a worker answers, and the wait for them ends
+    (one line) when the cluster is left with no worker or loses its scheduler: a run never waits
+    forever while it holds the store's lock (:mod:`flows.dask_cluster`)."""
     bucket_task = task(
         name="evaluate-bucket",
         task_run_name="evaluate-{job.label}",
@@ -62,7 +76,17 @@ def _map_as_tasks(work: Callable[[BucketJob], BucketResult], jobs: Sequence[Buck
         persist_result=False,
         retries=0,
     )(work)
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
+    client = dask_cluster.connect(runner) if dask_cluster.is_dask_runner(runner) else None
     futures = [bucket_task.submit(job) for job in jobs]
+    if client is not None:
+        dask_cluster.wait_for_buckets(
+            client,
+            futures,
+            timeout=dask_cluster.runner_timeout(runner),
+            where=getattr(runner, "address", None),
+        )
     return [future.result() for future in futures]
 
 
