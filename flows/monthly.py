@@ -90,15 +90,70 @@ def _map_as_tasks(work: Callable[[BucketJob], BucketResult], jobs: Sequence[Buck
     return [future.result() for future in futures]
 
 
+def changes_per_program(manifest: dict[str, Any]) -> list[tuple[str, int]] | None:
+    """Tier rows changed per program by a month that replaced a published one (every program the
+    month evaluated, 0 included), from the manifest's ``changes_by_program``; None when the month
+    replaced nothing."""
+    changes = manifest.get("changes_by_program")
+    if changes is None:
+        return None
+    programs = {row["program"] for row in manifest.get("summary") or []} | set(changes)
+    return [(program, int(changes.get(program, 0))) for program in sorted(programs)]
+
+
+def changes_line(manifest: dict[str, Any]) -> str | None:
+    """One log line: what a month that replaced a published one changed, per program; None otherwise."""
+    rows = changes_per_program(manifest)
+    if rows is None:
+        return None
+    per_program = ", ".join(f"{program} {count}" for program, count in rows) or "no program"
+    return (
+        f"month {manifest['billing_month']} replaced run {manifest.get('replaced_run_id')}: "
+        f"{sum(count for _, count in rows)} tier rows changed (table `changes`); per program: {per_program}"
+    )
+
+
+def changes_markdown(manifest: dict[str, Any]) -> str | None:
+    """The same as a Markdown section with a table (program, rows_changed); None when the month
+    replaced nothing."""
+    rows = changes_per_program(manifest)
+    if rows is None:
+        return None
+    label = manifest["billing_month"]
+    lines = [
+        f"## Changes from the version replaced {label}\n",
+        f"This run replaced run `{manifest.get('replaced_run_id')}`: {sum(count for _, count in rows)} tier rows "
+        "changed (`level`, `action`, `valid_from`, `valid_until` or `card_id`, or added or removed); every row "
+        "is in the `changes` table.\n",
+        "| program | rows_changed |",
+        "|---|---:|",
+        *[f"| {program} | {count} |" for program, count in rows],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _with_changes(markdown: str, manifest: dict[str, Any]) -> str:
+    """The month report's Markdown with the changes section after its title and run line."""
+    section = changes_markdown(manifest)
+    if section is None:
+        return markdown
+    at = markdown.find("\n## ")
+    if at < 0:
+        return f"{markdown.rstrip()}\n\n{section}"
+    return f"{markdown[: at + 1]}{section}\n{markdown[at + 1 :]}"
+
+
 def _report(store: Store, month: dt.date, manifest: dict[str, Any], *, html: bool, logger: Any) -> None:
     """The month's figures as a Prefect markdown artifact, and (for a run, or the last month of a
     backfill: drawing the charts takes about 2 s) the HTML report beside the manifest. The month is
-    already published: a failure here is logged, and `billing-tiers report` can redo it."""
+    already published: a failure here is logged, and `billing-tiers report` can redo it. A month
+    that replaced a published one has its changes per program in the artifact too."""
     from billing_tiers.report import default_report_path, write_report_and_markdown
 
     label = manifest["billing_month"]
     try:
         where, markdown = write_report_and_markdown(store, month, default_report_path(store, month) if html else None)
+        markdown = _with_changes(markdown, manifest)
         create_markdown_artifact(
             key=f"tier-report-{label}",
             markdown=markdown,
@@ -137,6 +192,8 @@ def _run_plan(
             flow_run_id=str(prefect.runtime.flow_run.id) if prefect.runtime.flow_run.id else None,
         )
         progress.month_done(manifest["billing_month"])
+        if (line := changes_line(manifest)) is not None:
+            logger.info("%s", line)
         _report(store, month, manifest, html=month == plan.months[-1], logger=logger)
         manifests.append(manifest)
         build_on = month
