@@ -39,7 +39,10 @@ def require_prefect_api(timeout: float = HEALTH_TIMEOUT_SECONDS) -> str | None:
     """
     from prefect.settings import get_current_settings
 
-    url = get_current_settings().api.url
+    # Prefect's settings (environment, else the active profile). The environment is read first as
+    # well: the settings are fixed when Prefect is imported, and a variable set later in the same
+    # process (a test) would be missed; in a fresh process both are the same.
+    url = os.environ.get("PREFECT_API_URL") or get_current_settings().api.url
     if not url:
         return None
     import httpx

@@ -119,7 +119,8 @@ def wait_for_buckets(
     futures = [getattr(future, "wrapped_future", future) for future in futures]
     while True:
         try:
-            distributed.wait(list(futures), timeout=min(poll, timeout))
+            with client.as_current():  # the runner's client is not the process's default one
+                distributed.wait(list(futures), timeout=min(poll, timeout))
             return
         except TimeoutError:
             pending = sum(1 for future in futures if future.status == "pending")

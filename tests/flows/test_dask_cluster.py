@@ -47,7 +47,8 @@ class Cluster:
             *("worker", self.address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard"),
             *("--local-directory", str(logs / "worker"), "--death-timeout", "60"),
         )
-        self.client = Client(self.address, timeout=10)
+        # Not the default client, like the Prefect task runner's (``set_as_default=False``).
+        self.client = Client(self.address, timeout=10, set_as_default=False)
         self.client.wait_for_workers(1, timeout=60)
 
     def _start(self, name: str, *args: str) -> None:
