@@ -24,6 +24,7 @@ from billing_tiers import __version__, display
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import month_label, parse_month
 from billing_tiers.service import DEFAULT_STORE, RunRequest
+from flows.dask_cluster import DASK_TIMEOUT_SECONDS
 from rulebook import RulebookError, load_rulebook
 
 app = typer.Typer(
@@ -62,6 +63,16 @@ DaskAddressOption = Annotated[
 DaskWorkersOption = Annotated[
     int | None,
     typer.Option("--dask-workers", min=1, help="Start a local Dask cluster of N worker processes for the run."),
+]
+DaskTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--dask-timeout",
+        min=1,
+        metavar="SECONDS",
+        help=f"On Dask: fail when the scheduler does not answer, or no worker is there, for this long "
+        f"(default: {DASK_TIMEOUT_SECONDS:g} s).",
+    ),
 ]
 
 T = TypeVar("T")
@@ -149,26 +160,12 @@ def _guarded(debug: bool, action: Callable[[], T], store: Path | None = None) ->
         raise typer.Exit(1) from None
 
 
-def _check_prefect_server() -> None:
-    """With PREFECT_API_URL set, a server that does not answer is one clear line, not a traceback."""
-    url = os.environ.get("PREFECT_API_URL")
-    if not url:
-        return
-    import httpx
-
-    try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
-    except httpx.HTTPError as exc:
-        raise PipelineError(
-            f"the Prefect server at {url} does not answer ({type(exc).__name__}); start it "
-            f"(`prefect server start`) or unset PREFECT_API_URL to use a temporary one"
-        ) from None
-
-
 def _start_prefect(debug: bool) -> Any:
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    _check_prefect_server()
+    from billing_tiers.prefect_api import require_prefect_api
+
+    require_prefect_api()
     from flows import monthly
 
     if not debug:
@@ -260,7 +257,9 @@ def _request(command: Any, **fields: Any) -> RunRequest:
     return RunRequest(command=command, **fields)
 
 
-def _run_with_prefect(request: RunRequest, debug: bool, dask_address: str | None, dask_workers: int | None) -> Any:
+def _run_with_prefect(
+    request: RunRequest, debug: bool, dask_address: str | None, dask_workers: int | None, dask_timeout: float | None
+) -> Any:
     """Open the session (every refusal before Prefect starts), then run it as the CLI's Prefect flow."""
     from billing_tiers.progress import ConsoleListener
     from billing_tiers.service import open_session
@@ -271,7 +270,9 @@ def _run_with_prefect(request: RunRequest, debug: bool, dask_address: str | None
             monthly = _start_prefect(debug)
             flow = monthly.run_prepared.with_options(
                 name="monthly-tiers" if request.command == "run" else "backfill-tiers",
-                task_runner=monthly.task_runner(dask_address=dask_address, dask_workers=dask_workers),
+                task_runner=monthly.task_runner(
+                    dask_address=dask_address, dask_workers=dask_workers, dask_timeout=dask_timeout
+                ),
             )
             return flow(session=session)
     finally:
@@ -331,6 +332,7 @@ def run(
     buckets: BucketsOption = None,
     dask_address: DaskAddressOption = None,
     dask_workers: DaskWorkersOption = None,
+    dask_timeout: DaskTimeoutOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
@@ -338,7 +340,7 @@ def run(
     def action() -> list[dict[str, Any]]:
         request = _request("run", store=store, first=parse_month(month), extracts=extracts, rulebook=rulebook,
                            override_guards=override_guards, buckets=buckets)  # fmt: skip
-        result: list[dict[str, Any]] = _run_with_prefect(request, debug, dask_address, dask_workers)
+        result: list[dict[str, Any]] = _run_with_prefect(request, debug, dask_address, dask_workers, dask_timeout)
         return result
 
     _print_summary(_guarded(debug, action, store))
@@ -355,6 +357,7 @@ def backfill(
     buckets: BucketsOption = None,
     dask_address: DaskAddressOption = None,
     dask_workers: DaskWorkersOption = None,
+    dask_timeout: DaskTimeoutOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Recompute months in order from --from through --to, replacing what was published."""
@@ -363,7 +366,7 @@ def backfill(
         request = _request("backfill", store=store, first=parse_month(start), last=parse_month(end) if end else None,
                            extracts=extracts, rulebook=rulebook, override_guards=override_guards,
                            buckets=buckets)  # fmt: skip
-        result: list[dict[str, Any]] = _run_with_prefect(request, debug, dask_address, dask_workers)
+        result: list[dict[str, Any]] = _run_with_prefect(request, debug, dask_address, dask_workers, dask_timeout)
         return result
 
     _print_summary(_guarded(debug, action, store))

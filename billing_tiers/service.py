@@ -80,14 +80,7 @@ class LoggingListener:
         self.logger.info("month %s (%s of %s) started", month_label(month), index + 1, total)
 
     def month_done(self, manifest: dict[str, Any], index: int, total: int) -> None:
-        changes = manifest.get("changes_by_program")
-        if changes:
-            shown = ", ".join(f"{program} {count}" for program, count in sorted(changes.items()))
-            self.logger.warning(
-                "month %s replaced a published version: tier rows changed per program: %s",
-                manifest["billing_month"],
-                shown,
-            )
+        self.logger.info("month %s (%s of %s) done", manifest["billing_month"], index + 1, total)
 
 
 @dataclass

@@ -2,15 +2,17 @@
 
 ``scheduled_tiers`` is the scheduled monthly run (deployment ``scheduled-tiers/monthly``). It
 evaluates the billing month that closed before today in the configured time zone, or the
-``month`` it is given. It waits for a late extract (every ``extract_wait_seconds``, up to
-``extract_wait_retries`` times, then fails naming the month), and when the store is more than one
-month behind it catches up in order with :func:`flows.monthly.backfill_tiers` instead of failing
-every month until someone notices.
+``month`` it is given; a month that has not closed yet there is refused at once (its extract
+cannot be complete, and waiting for it would hold the deployment's only slot for a day). It waits
+for a late extract (every ``extract_wait_seconds``, up to ``extract_wait_retries`` times, then
+fails naming the month), and when the store is more than one month behind it catches up in order
+with :func:`flows.monthly.backfill_tiers` instead of failing every month until someone notices.
 
 ``backfill_deployment_tiers`` (deployment ``backfill-deployment-tiers/backfill``) runs
 :func:`flows.monthly.backfill_tiers` for corrections started from the UI or ``prefect deployment
 run``. It exists so that the store and extract paths are *required* parameters: the plain flows
-default to the sample data, which a deployment must never fall back to.
+default to the sample data, which a deployment must never fall back to. Its runs are named by
+their range (``backfill-2024-03-to-2024-06``, ``backfill-2024-03-to-latest``).
 
 Both refuse an empty path at once with one line naming the parameter: ``prefect.yaml`` fills the
 paths from environment variables at deploy time, and an unset variable deploys ``''``.
@@ -67,23 +69,56 @@ def optional_path(name: str, value: str | None) -> str | None:
     return value.strip()
 
 
-def closed_month(timezone: str, now: dt.datetime | None = None) -> dt.date:
-    """The billing month that closed before today in ``timezone`` (``now``: an aware time, for tests)."""
+def _zone(timezone: str) -> ZoneInfo:
     try:
-        zone = ZoneInfo(timezone)
+        return ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise PipelineError(
             f"parameter 'timezone': {timezone!r} is not a known time zone (e.g. Asia/Shanghai)"
         ) from None
-    today = (now.astimezone(zone) if now is not None else dt.datetime.now(zone)).date()
-    return add_months(today.replace(day=1), -1)
 
 
-def target_month(month: str | None, timezone: str) -> dt.date:
+def parse_today(today: str | None) -> dt.date | None:
+    """The ``today`` parameter (YYYY-MM-DD) as a date; None or blank: None (the current date)."""
+    if today is None or not str(today).strip():
+        return None
+    try:
+        return dt.date.fromisoformat(str(today).strip())
+    except ValueError:
+        raise PipelineError(f"parameter 'today': {today!r} is not a date YYYY-MM-DD") from None
+
+
+def today_in(timezone: str, today: dt.date | None = None, now: dt.datetime | None = None) -> dt.date:
+    """``today`` if given, else the current date in ``timezone`` (``now``: an aware time, for tests)."""
+    zone = _zone(timezone)
+    if today is not None:
+        return today
+    return (now.astimezone(zone) if now is not None else dt.datetime.now(zone)).date()
+
+
+def closed_month(timezone: str, now: dt.datetime | None = None, today: dt.date | None = None) -> dt.date:
+    """The billing month that closed before today in ``timezone`` (``now``, ``today``: for tests and replays)."""
+    return add_months(today_in(timezone, today, now).replace(day=1), -1)
+
+
+def target_month(month: str | None, timezone: str, today: dt.date | None = None) -> dt.date:
     """``month`` if given, else the month that closed before today in ``timezone``."""
     if month is None or not month.strip():
-        return closed_month(timezone)
+        return closed_month(timezone, today=today)
     return parse_month(month)
+
+
+def require_closed(month: dt.date, timezone: str, today: dt.date | None = None) -> None:
+    """Refuse, in one line, a month that has not closed yet in ``timezone``: its extract cannot be
+    complete, and waiting for it would hold the deployment's only slot for a day."""
+    date = today_in(timezone, today)
+    latest = add_months(date.replace(day=1), -1)
+    if month > latest:
+        raise PipelineError(
+            f"month {month_label(month)} has not closed yet in {timezone} (today is {date.isoformat()} there): "
+            f"the scheduled run publishes closed months only, the latest being {month_label(latest)}; run "
+            f"{month_label(month)} on or after {add_months(month, 1).isoformat()}"
+        )
 
 
 def months_to_run(latest_published: dt.date | None, target: dt.date, extract_months: list[dt.date]) -> list[dt.date]:
@@ -174,10 +209,22 @@ def _scheduled_run_name() -> str:
     """``scheduled-2026-03``: the month given, else the month that closed before today."""
     parameters = flow_run.get_parameters()
     try:
-        month = target_month(parameters.get("month"), parameters.get("timezone") or DEFAULT_TIMEZONE)
+        month = target_month(
+            parameters.get("month"),
+            parameters.get("timezone") or DEFAULT_TIMEZONE,
+            parse_today(parameters.get("today")),
+        )
     except PipelineError:
         return "scheduled-bad-month"
     return f"scheduled-{month_label(month)}"
+
+
+def _backfill_run_name() -> str:
+    """``backfill-2024-03-to-2024-06``, or ``backfill-2024-03-to-latest`` without ``end``."""
+    parameters = flow_run.get_parameters()
+    start = str(parameters.get("start") or "").strip() or "unknown"
+    end = str(parameters.get("end") or "").strip() or "latest"
+    return f"backfill-{start}-to-{end}"
 
 
 @flow(name="scheduled-tiers", flow_run_name=_scheduled_run_name, persist_result=False)
@@ -189,25 +236,32 @@ def scheduled_tiers(
     timezone: str = DEFAULT_TIMEZONE,
     extract_wait_retries: int = 24,
     extract_wait_seconds: int = 3600,
+    today: str | None = None,
 ) -> list[dict[str, Any]]:
     """The scheduled monthly run: publish ``month`` (default: the month that closed before today in
-    ``timezone``), waiting for its extract and catching up first if the store is behind.
+    ``timezone``), waiting for its extract and catching up first if the store is behind. A month
+    that has not closed yet is refused at once.
 
     Args:
         extracts: Folder of billing_month=YYYY-MM extract folders (required; relative to the repository).
         store: The store folder, made with `billing-tiers init` (required).
         month: Billing month YYYY-MM to publish; empty: the month that closed before today in `timezone`.
+            A month that has not closed yet in `timezone` is refused.
         rulebook: Rulebook TOML file; unset (null): the bundled rulebook.
-        timezone: Time zone of "today" for the default month.
+        timezone: Time zone of "today" for the default month and the closed-month check.
         extract_wait_retries: How many more times to look for a missing extract before failing.
         extract_wait_seconds: Seconds between two looks for a missing extract.
+        today: The date taken as today in `timezone` (YYYY-MM-DD); unset (null): the current date.
+            For tests and replays.
     """
     extracts = require_path("extracts", extracts)
     store = require_path("store", store)
     rulebook = optional_path("rulebook", rulebook)
     if extract_wait_retries < 0 or extract_wait_seconds < 0:
         raise PipelineError("parameters 'extract_wait_retries' and 'extract_wait_seconds' must be 0 or more")
-    target = target_month(month, timezone)
+    today_date = parse_today(today)
+    target = target_month(month, timezone, today_date)
+    require_closed(target, timezone, today_date)
     label = month_label(target)
     logger = _logger()
     if not Path(extracts).is_dir():
@@ -238,7 +292,7 @@ def scheduled_tiers(
     return monthly_tiers(month=label, extracts=extracts, store=store, rulebook=rulebook)
 
 
-@flow(name="backfill-deployment-tiers", flow_run_name="backfill-from-{start}", persist_result=False)
+@flow(name="backfill-deployment-tiers", flow_run_name=_backfill_run_name, persist_result=False)
 def backfill_deployment_tiers(
     start: str,
     extracts: str,

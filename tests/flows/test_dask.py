@@ -13,6 +13,7 @@ flow's process instead of a worker fails the test.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -81,9 +82,13 @@ class CliRun:
 
 def _backfill(store: Path, api_url: str, *args: str) -> CliRun:
     """``billing-tiers backfill`` on the sample as a subprocess leading its own process group."""
-    command = [sys.executable, "-m", "billing_tiers.cli", "backfill", "--extracts", str(SAMPLE), "--store", str(store)]
+    return _billing_tiers(api_url, "backfill", "--extracts", str(SAMPLE), "--store", str(store), *args)
+
+
+def _billing_tiers(api_url: str, *args: str) -> CliRun:
+    """A ``billing-tiers`` command as a subprocess leading its own process group."""
     process = subprocess.Popen(
-        [*command, *args],
+        [sys.executable, "-m", "billing_tiers.cli", *args],
         cwd=REPO,
         env=_env(api_url),
         stdout=subprocess.PIPE,
@@ -263,3 +268,92 @@ def test_a_local_cluster_started_by_the_run_publishes_the_in_process_tables_and_
     assert "Starting temporary server" not in run.stderr
     # The local cluster's HTTP server took a free local port, not :8787 (nor warned that it was taken).
     assert ":8787" not in run.stderr and "Port 8787" not in run.stderr
+
+
+# ------------------------------------------------------------------ a cluster that never answers
+@pytest.fixture
+def scheduler_without_workers(tmp_path: Path) -> Iterator[str]:
+    """A ``dask scheduler`` on 127.0.0.1 with no worker (as after a restart nobody rejoined); its
+    address. Stopped through its process group."""
+    port = free_port()
+    log = tmp_path / "scheduler.log"
+    with log.open("wb") as output:
+        scheduler = subprocess.Popen(
+            _dask(
+                *("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"),
+                *("--dashboard-address", "127.0.0.1:0", "--idle-timeout", "600"),
+            ),
+            cwd=REPO, env=_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    address = f"tcp://127.0.0.1:{port}"
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            assert client.scheduler_info()["workers"] == {}
+        yield address
+    finally:
+        stop_group(scheduler, grace=20, settle=10)
+    assert not group_members(scheduler.pid), f"the scheduler was left behind\n{log.read_text()[-3000:]}"
+
+
+def _small_store(tmp_path: Path) -> tuple[Path, Path]:
+    from tests.extract_factory import write_history
+
+    extracts = tmp_path / "extracts"
+    write_history(extracts, ["2024-01", "2024-02"])
+    return extracts, new_store(tmp_path / "store")
+
+
+def _error_line(run: CliRun) -> str:
+    """The command's one error line (Prefect's own progress lines on stderr aside)."""
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, run.stderr[-3000:]
+    return errors[0]
+
+
+def _store_is_free(api_url: str, store: Path, extracts: Path) -> None:
+    """Nothing published, no lock held, nothing interrupted: ``status`` is clean and ``check``
+    (which takes the store's writer lock) runs."""
+    assert not (store / ".lock.owner").exists()
+    assert not (store / "manifests").exists() or not any((store / "manifests").iterdir())
+    status = _billing_tiers(api_url, "status", "--store", str(store), "--extracts", str(extracts), "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["months"] == [] and report["interrupted_publishes"] == [], report
+    check = _billing_tiers(api_url, "check", "--month", "2024-01", "--extracts", str(extracts), "--store", str(store))
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert "check 2024-01: run would publish" in check.stdout
+
+
+def test_a_scheduler_with_no_worker_fails_the_run_in_one_line_and_frees_the_store(
+    scheduler_without_workers: str, api_url: str, tmp_path: Path
+) -> None:
+    extracts, store = _small_store(tmp_path)
+    run = _billing_tiers(
+        api_url,
+        *("run", "--month", "2024-01", "--extracts", str(extracts), "--store", str(store), "--buckets", "2"),
+        *("--dask-address", scheduler_without_workers, "--dask-timeout", "5"),
+    )  # without the bound this waits for ever: CLI_TIMEOUT stops the test
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert not run.left_behind
+    line = _error_line(run)
+    assert line.startswith(f"error: no Dask worker answered at {scheduler_without_workers}: "), line
+    assert "none joined within 5 s" in line and "--dask-timeout" in line, line
+    _store_is_free(api_url, store, extracts)
+
+
+def test_an_address_where_no_scheduler_listens_fails_in_one_line_naming_it(api_url: str, tmp_path: Path) -> None:
+    extracts, store = _small_store(tmp_path)
+    nowhere = f"tcp://127.0.0.1:{free_port()}"
+    run = _billing_tiers(
+        api_url,
+        *("backfill", "--from", "2024-01", "--extracts", str(extracts), "--store", str(store)),
+        *("--dask-address", nowhere, "--dask-timeout", "3"),
+    )
+    assert run.returncode == 2, run.stderr[-3000:]
+    line = _error_line(run)
+    expected = f"error: no Dask worker answered at {nowhere}: the scheduler did not answer within 3 s"
+    assert line.startswith(expected), line
+    _store_is_free(api_url, store, extracts)

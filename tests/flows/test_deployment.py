@@ -1,7 +1,10 @@
 """The deployed entry points (``flows/scheduled.py``, ``prefect.yaml``).
 
-Fast tests, no Prefect server: empty paths refused at once, the default month in a time zone, the
-catch-up plan of a store that is behind, and one look for an extract.
+Fast tests, no Prefect server: empty paths refused at once, the default month in a time zone, a
+month that has not closed yet refused (with an injected ``today``, never the wall clock), the
+catch-up plan of a store that is behind, one look for an extract, the backfill run's name and the
+deploy-time check of ``BILLING_TIERS_HOME``. "At once" is shown by what did not happen (no
+extract wait was entered, the store was not touched), not by timing.
 
 Slow tests, as an operator would do it: a real ``prefect server start`` on 127.0.0.1, the process
 work pool, ``prefect --no-prompt deploy --all`` from the repository with the ``BILLING_TIERS_*``
@@ -29,12 +32,15 @@ from typing import Any
 
 import pytest
 
-import flows.scheduled as scheduled_module
+import flows.scheduled
 from billing_tiers.errors import PipelineError
+from flows.deploy_steps import home_problem, require_deploy_environment
 from flows.scheduled import (
     backfill_deployment_tiers,
     closed_month,
     months_to_run,
+    parse_today,
+    require_closed,
     scheduled_tiers,
     target_month,
     wait_for_extract,
@@ -45,6 +51,7 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "extracts"
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 RUN_TIMEOUT = 120.0
+SERVER_START_TIMEOUT = 300.0  # only stops a hang: a cold server on a busy 2-core machine takes minutes
 
 
 def m(label: str) -> dt.date:
@@ -61,17 +68,31 @@ def months(first: str, last: str) -> list[dt.date]:
 
 
 # ------------------------------------------------------------------------------ fast: parameters
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The extract waits the scheduled run enters, recorded instead of waited."""
+    entered: list[tuple[str, str]] = []
+
+    def record(extracts: str, month: dt.date, retries: int, delay_seconds: int) -> None:
+        entered.append((extracts, f"{month:%Y-%m}"))
+        raise PipelineError(f"month {month:%Y-%m}: (test) the wait was entered")
+
+    monkeypatch.setattr(flows.scheduled, "_await_extract", record)
+    return entered
+
+
 @pytest.mark.parametrize("blank", ["", " ", "\t\n"])
 @pytest.mark.parametrize("parameter", ["extracts", "store"])
 def test_an_empty_path_is_refused_at_once_in_one_line_naming_the_parameter(
-    parameter: str, blank: str, tmp_path: Path
+    parameter: str, blank: str, tmp_path: Path, waits: list[tuple[str, str]]
 ) -> None:
     paths = {"extracts": str(SAMPLE), "store": str(tmp_path / "store"), parameter: blank}
-    # Before anything else: a bad month or time zone, or an impossible wait, would be reported instead.
+    # Before anything else: a bad month or time zone, or an impossible wait, would be reported later.
     with pytest.raises(PipelineError) as scheduled:
         scheduled_tiers.fn(**paths, month="2026-13", timezone="Mars/Olympus", extract_wait_retries=-1)
     with pytest.raises(PipelineError) as backfill:
         backfill_deployment_tiers.fn(start="not a month", **paths)
+    assert waits == []
     for error in (scheduled.value, backfill.value):
         message = str(error)
         assert message.startswith(f"parameter '{parameter}' is empty"), message
@@ -86,33 +107,25 @@ def test_an_empty_rulebook_is_refused_but_an_unset_one_is_the_default(tmp_path: 
         backfill_deployment_tiers.fn(start="2024-01", extracts=str(SAMPLE), store=str(tmp_path), rulebook="")
 
 
-@pytest.fixture
-def extract_waits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The months the flow started to wait for; a wait fails the test at once instead of sleeping."""
-    waited: list[str] = []
-
-    def no_wait(extracts: str, month: dt.date, retries: int, delay_seconds: int) -> None:
-        waited.append(str(month))
-        raise AssertionError(f"the run started waiting for the extract of {month} ({retries} x {delay_seconds} s)")
-
-    monkeypatch.setattr(scheduled_module, "_await_extract", no_wait)
-    return waited
-
-
-def test_an_uninitialised_store_is_refused_before_any_wait(tmp_path: Path, extract_waits: list[str]) -> None:
-    # 2030-01 has no extract: a wait before the store check would look for it for a day
+def test_an_uninitialised_store_is_refused_before_any_wait(tmp_path: Path, waits: list[tuple[str, str]]) -> None:
     with pytest.raises(PipelineError, match="billing-tiers init"):
         scheduled_tiers.fn(
-            extracts=str(SAMPLE), store=str(tmp_path / "typo"), month="2030-01", extract_wait_seconds=3600
+            extracts=str(SAMPLE),
+            store=str(tmp_path / "typo"),
+            month="2030-01",
+            extract_wait_seconds=3600,
+            today="2030-02-05",
         )
-    assert extract_waits == []
+    assert waits == []
     assert not (tmp_path / "typo").exists()
 
 
-def test_a_missing_extracts_folder_is_refused_at_once_not_waited_for(tmp_path: Path, extract_waits: list[str]) -> None:
+def test_a_missing_extracts_folder_is_refused_at_once_not_waited_for(
+    tmp_path: Path, waits: list[tuple[str, str]]
+) -> None:
     with pytest.raises(PipelineError, match=r"month 2024-03: the extracts folder .*nowhere does not exist"):
-        scheduled_tiers.fn(extracts=str(tmp_path / "nowhere"), store=str(tmp_path), month="2024-03")
-    assert extract_waits == []
+        scheduled_tiers.fn(extracts=str(tmp_path / "nowhere"), store=str(tmp_path), month="2024-03", today="2024-04-05")
+    assert waits == []
 
 
 # --------------------------------------------------------------------------- fast: the default month
@@ -146,6 +159,115 @@ def test_a_given_month_wins_and_a_blank_one_is_the_default() -> None:
 def test_an_unknown_time_zone_is_one_line_naming_it() -> None:
     with pytest.raises(PipelineError, match=r"parameter 'timezone': 'Asia/Shangai' is not a known time zone"):
         closed_month("Asia/Shangai")
+
+
+# ------------------------------------------------------------------- fast: a month not closed yet
+@pytest.mark.parametrize(
+    ("month", "today", "closed"),
+    [
+        ("2026-04", "2026-03-15", False),  # next month
+        ("2026-03", "2026-03-15", False),  # the month under way
+        ("2026-03", "2026-03-31", False),  # its last day: not over yet
+        ("2026-03", "2026-04-01", True),  # the day after
+        ("2026-02", "2026-03-15", True),  # the month that closed before today
+        ("2025-12", "2026-01-05", True),  # across a year
+        ("2030-01", "2026-03-15", False),
+    ],
+)
+def test_only_a_month_that_has_closed_in_the_time_zone_may_run(month: str, today: str, closed: bool) -> None:
+    if closed:
+        require_closed(m(month), "Asia/Shanghai", dt.date.fromisoformat(today))
+    else:
+        with pytest.raises(PipelineError, match=rf"^month {month} has not closed yet in Asia/Shanghai "):
+            require_closed(m(month), "Asia/Shanghai", dt.date.fromisoformat(today))
+
+
+def test_a_scheduled_run_for_a_month_not_closed_yet_is_refused_at_once_in_one_line(
+    tmp_path: Path, waits: list[tuple[str, str]]
+) -> None:
+    store = tmp_path / "store"
+    with pytest.raises(PipelineError) as error:
+        scheduled_tiers.fn(extracts=str(SAMPLE), store=str(store), month="2026-04", today="2026-03-15")
+    assert str(error.value) == (
+        "month 2026-04 has not closed yet in Asia/Shanghai (today is 2026-03-15 there): the scheduled run "
+        "publishes closed months only, the latest being 2026-02; run 2026-04 on or after 2026-05-01"
+    )
+    assert waits == []  # without the check it would wait 24 hours for the extract, holding the slot
+    assert not store.exists()
+
+
+def test_today_in_the_time_zone_decides_not_the_machine_clock(waits: list[tuple[str, str]], tmp_path: Path) -> None:
+    # 2026-03-31 17:30 UTC is 2026-04-01 in Shanghai: March has closed there, not in UTC.
+    now = dt.datetime(2026, 3, 31, 17, 30, tzinfo=dt.UTC)
+    require_closed(m("2026-03"), "Asia/Shanghai", flows.scheduled.today_in("Asia/Shanghai", now=now))
+    with pytest.raises(PipelineError, match="month 2026-03 has not closed yet in UTC"):
+        require_closed(m("2026-03"), "UTC", flows.scheduled.today_in("UTC", now=now))
+    # An injected today also names the default month.
+    assert target_month(None, "Asia/Shanghai", dt.date(2026, 4, 5)) == m("2026-03")
+    # A closed month goes on to wait for its extract.
+    from tests.stores import new_store
+
+    with pytest.raises(PipelineError, match=r"\(test\) the wait was entered"):
+        scheduled_tiers.fn(
+            extracts=str(SAMPLE), store=str(new_store(tmp_path / "s")), month="2026-04", today="2026-05-01"
+        )
+    assert waits == [(str(SAMPLE), "2026-04")]
+
+
+def test_a_bad_today_is_one_line_naming_the_parameter() -> None:
+    assert parse_today(None) is None and parse_today(" ") is None
+    assert parse_today("2026-03-15") == dt.date(2026, 3, 15)
+    with pytest.raises(PipelineError, match=r"^parameter 'today': '2026-3-15' is not a date YYYY-MM-DD$"):
+        parse_today("2026-3-15")
+
+
+# ----------------------------------------------------------------------- fast: run names, deploy check
+@pytest.mark.parametrize(
+    ("parameters", "name"),
+    [
+        ({"start": "2024-03", "end": "2024-06"}, "backfill-2024-03-to-2024-06"),
+        ({"start": "2024-03", "end": None}, "backfill-2024-03-to-latest"),
+        ({"start": "2024-03", "end": " "}, "backfill-2024-03-to-latest"),
+        ({"start": "2024-03"}, "backfill-2024-03-to-latest"),
+    ],
+)
+def test_the_backfill_run_is_named_by_its_range(
+    parameters: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flows.scheduled.flow_run, "get_parameters", lambda: parameters)
+    assert flows.scheduled._backfill_run_name() == name
+
+
+@pytest.mark.parametrize(
+    ("home", "problem"),
+    [
+        (None, "BILLING_TIERS_HOME is not set: "),
+        ("", "BILLING_TIERS_HOME is not set: "),
+        ("  ", "BILLING_TIERS_HOME is not set: "),
+        ("billing-tiers", "BILLING_TIERS_HOME='billing-tiers' is not an absolute path: "),
+        (str(REPO), None),
+    ],
+)
+def test_the_deploy_step_refuses_an_unusable_billing_tiers_home(
+    home: str | None, problem: str | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environ = {} if home is None else {"BILLING_TIERS_HOME": home}
+    found = home_problem(environ)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem) and "nothing was deployed" in found
+    monkeypatch.delenv("BILLING_TIERS_HOME", raising=False)
+    if home is not None:
+        monkeypatch.setenv("BILLING_TIERS_HOME", home)
+    if problem is None:
+        assert require_deploy_environment() == {}
+        assert capsys.readouterr().err == ""
+    else:
+        with pytest.raises(SystemExit) as exit_:
+            require_deploy_environment()
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err == f"error: {found}\n"
 
 
 # ---------------------------------------------------------------------------- fast: catching up
@@ -304,7 +426,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
 
     try:
         start("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], root)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:
             with contextlib.suppress(OSError), urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -369,7 +491,7 @@ def test_the_scheduled_run_catches_up_an_empty_store_then_a_backfill_run_republi
     # A correction through the backfill deployment: 2024-01 and 2024-02 again, and 2024-03.
     backfill = deployed.run("backfill-deployment-tiers/backfill", {"start": "2024-01", "end": "2024-03"})
     assert backfill["state"]["type"] == "COMPLETED", f"{_message(backfill)}\n{deployed.log_tail()}"
-    assert backfill["name"] == "backfill-from-2024-01"
+    assert backfill["name"] == "backfill-2024-01-to-2024-03"
     assert deployed.published() == ["2024-01", "2024-02", "2024-03"]
     for month, run_id in first.items():
         assert deployed.manifest(month)["run_id"] != run_id, month
@@ -379,7 +501,8 @@ def test_the_scheduled_run_catches_up_an_empty_store_then_a_backfill_run_republi
 @pytest.mark.slow
 def test_a_late_extract_is_looked_for_again_then_the_run_fails_naming_the_month(deployed: Deployed) -> None:
     late = deployed.run(
-        "scheduled-tiers/monthly", {"month": "2030-01", "extract_wait_retries": 2, "extract_wait_seconds": 1}
+        "scheduled-tiers/monthly",
+        {"month": "2030-01", "today": "2030-02-05", "extract_wait_retries": 2, "extract_wait_seconds": 1},
     )
     assert late["state"]["type"] == "FAILED", _message(late)
     assert late["name"] == "scheduled-2030-01"
@@ -402,7 +525,53 @@ def test_a_deployed_run_with_an_empty_path_fails_at_once_in_one_line(deployed: D
         f"PipelineError: parameter '{parameter}' is empty: give the {parameter} path "
         f"(prefect.yaml takes it from $BILLING_TIERS_{parameter.upper()} at deploy time)"
     )
-    # refused before anything ran: no extract wait (a task), no monthly or backfill flow, nothing published
-    assert deployed.task_runs(failed["id"]) == []
-    assert deployed.children(failed["id"]) == []
-    assert deployed.published() == published
+    assert deployed.task_runs(failed["id"]) == []  # at once: not even one look for the extract
+    assert deployed.children(failed["id"]) == []  # no monthly or backfill flow either
+    assert deployed.published() == published  # nothing published
+
+
+@pytest.mark.slow
+def test_a_deployed_run_for_a_month_not_closed_yet_is_refused_at_once_in_one_line(deployed: Deployed) -> None:
+    # month=2026-04 asked for in March 2026 (today injected: the wall clock plays no part).
+    refused = deployed.run("scheduled-tiers/monthly", {"month": "2026-04", "today": "2026-03-15"})
+    assert refused["state"]["type"] == "FAILED", _message(refused)
+    assert refused["name"] == "scheduled-2026-04"
+    assert _message(refused).endswith(
+        "PipelineError: month 2026-04 has not closed yet in Asia/Shanghai (today is 2026-03-15 there): the "
+        "scheduled run publishes closed months only, the latest being 2026-02; run 2026-04 on or after 2026-05-01"
+    )
+    assert deployed.task_runs(refused["id"]) == []  # no wait for the extract held the concurrency slot
+    assert "2026-04" not in deployed.published()
+
+
+@pytest.mark.slow
+def test_a_backfill_run_without_end_is_named_to_latest(deployed: Deployed) -> None:
+    failed = deployed.run("backfill-deployment-tiers/backfill", {"start": "2099-01"})  # no such extract: fails
+    assert failed["name"] == "backfill-2099-01-to-latest"
+    assert failed["state"]["type"] == "FAILED" and "2099-01" in _message(failed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("home", [None, " ", "relative/billing-tiers"])
+def test_deploy_without_a_usable_billing_tiers_home_stops_in_one_line_and_deploys_nothing(
+    deployed: Deployed, home: str | None
+) -> None:
+    before = {
+        name: deployed.api("GET", f"/deployments/name/{name}")
+        for name in ("scheduled-tiers/monthly", "backfill-deployment-tiers/backfill")
+    }
+    env = {key: value for key, value in deployed.env.items() if key != "BILLING_TIERS_HOME"}
+    if home is not None:
+        env["BILLING_TIERS_HOME"] = home
+    done = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, f"{done.stdout}\n{done.stderr}"
+    assert done.stderr.splitlines() == [f"error: {home_problem(env)}"], done.stderr
+    assert "BILLING_TIERS_HOME" in done.stderr and "Traceback" not in done.stdout + done.stderr
+    for name, deployment in before.items():  # untouched: still the module's deployments, same update time
+        now = deployed.api("GET", f"/deployments/name/{name}")
+        assert now["updated"] == deployment["updated"], name
+        assert now["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}], (
+            name
+        )

@@ -182,3 +182,81 @@ def test_a_backfill_writes_the_html_report_of_its_last_month_beside_the_manifest
     last = sample_store / "manifests" / f"billing_month={LAST}" / "report.html"
     assert last.is_file() and "<script" not in last.read_text(encoding="utf-8")
     assert not (sample_store / "manifests" / f"billing_month={FIRST}" / "report.html").exists()
+
+
+def test_a_correction_shows_its_changes_per_program_in_the_flow_log_and_the_report_artifact(tmp_path: Path) -> None:
+    """A month that replaced a published one: the flow log and the ``tier-report-<month>`` markdown
+    artifact say how many tier rows changed per program (the manifest's ``changes_by_program``),
+    read back from the Prefect server, not only the command line's summary."""
+    from prefect.artifacts import Artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    from flows.monthly import changes_line, changes_markdown
+    from tests.extract_factory import row, write_extract
+
+    extracts, store = tmp_path / "x", new_store(tmp_path / "s")
+    others = [row(f"o{i}", "10.00") for i in range(30)]
+    write_extract(extracts, "2024-01", [row("up", "100.00"), row("same", "100.00"), row("gone", "5.00"), *others])
+    (first,) = monthly_tiers(month="2024-01", extracts=str(extracts), store=str(store))
+    assert first["changes_by_program"] is None and changes_line(first) is None and changes_markdown(first) is None
+    assert "Changes from the version replaced" not in _artifact_markdown(Artifact, "tier-report-2024-01")
+
+    # A corrected extract: "up" now qualifies for silver, "gone" was never there, "new" was missing.
+    write_extract(extracts, "2024-01", [row("up", "900.00"), row("same", "100.00"), row("new", "5.00"), *others])
+    (second,) = monthly_tiers(month="2024-01", extracts=str(extracts), store=str(store))
+    changes = second["changes_by_program"]
+    assert changes["unicom_vip"] == 3 and set(changes) <= {r["program"] for r in second["summary"]}
+    expected = {program: changes.get(program, 0) for program in sorted({r["program"] for r in second["summary"]})}
+
+    # The flow log on the server.
+    APILogWorker.drain_all(timeout=30)  # the log lines still queued for the server
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[second["prefect_flow_run_id"]]))
+        )
+    (line,) = [log.message for log in logs if "tier rows changed" in log.message]
+    assert line == (
+        f"month 2024-01 replaced run {first['run_id']}: {sum(expected.values())} tier rows changed (table "
+        f"`changes`); per program: " + ", ".join(f"{program} {count}" for program, count in expected.items())
+    )
+
+    # The markdown artifact of the month, as the server has it.
+    markdown = _artifact_markdown(Artifact, "tier-report-2024-01")
+    section = markdown[markdown.index("## Changes from the version replaced 2024-01") :]
+    section = section[: section.index("\n## ")]
+    assert f"This run replaced run `{first['run_id']}`" in section
+    table = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table == ["| program | rows_changed |", *[f"| {p} | {c} |" for p, c in expected.items()]]
+    assert markdown.index("## Changes") < markdown.index("## Members per level")  # near the top
+
+
+def _artifact_markdown(artifact: type, key: str) -> str:
+    found = artifact.get(key)  # type: ignore[attr-defined]
+    assert found is not None, key
+    return str(found.data)
+
+
+def test_the_changes_section_shows_every_program_and_zero_for_an_unchanged_one() -> None:
+    from flows.monthly import _with_changes, changes_line, changes_markdown
+
+    manifest = {
+        "billing_month": "2024-05",
+        "replaced_run_id": "2024-05-old",
+        "changes_by_program": {"unicom_vip": 2},
+        "summary": [{"program": p} for p in ("unicom_vip", "cmcc_credit", "unicom_vip")],
+    }
+    assert changes_line(manifest) == (
+        "month 2024-05 replaced run 2024-05-old: 2 tier rows changed (table `changes`); per program: "
+        "cmcc_credit 0, unicom_vip 2"
+    )
+    section = changes_markdown(manifest)
+    assert section is not None and section.endswith("| cmcc_credit | 0 |\n| unicom_vip | 2 |\n")
+    report = "# Month report 2024-05\n\nrun line\n\n## Members per level\n\ntable\n"
+    with_changes = f"# Month report 2024-05\n\nrun line\n\n{section}\n## Members per level\n\ntable\n"
+    assert _with_changes(report, manifest) == with_changes
+    rerun = {**manifest, "changes_by_program": {}}  # a rerun with the same inputs changes nothing
+    assert changes_line(rerun) is not None and "0 tier rows changed" in str(changes_line(rerun))
+    first = {**manifest, "changes_by_program": None}
+    assert changes_line(first) is None and _with_changes(report, first) == report
