@@ -29,6 +29,8 @@ def _checks(column: Column) -> list[pa.Check]:
                 checks.append(pa.Check.ge(argument))
             case "str_length":
                 checks.append(pa.Check.str_length(*argument))
+            case "str_matches":
+                checks.append(pa.Check.str_matches(argument))
             case _:
                 raise ValueError(f"unknown check {kind!r}")
     return checks
@@ -77,6 +79,8 @@ def _value_rule_breaks(table: Table) -> list[pl.Expr]:
                     low, high = argument
                     length = values.str.len_chars()
                     broken = (length < low) | (length > high)
+                case "str_matches":
+                    broken = ~values.str.contains(argument)
                 case _:
                     raise ValueError(f"unknown check {kind!r}")
             counts.append(broken.fill_null(False).sum().alias(f"{name}: {kind} {argument}"))
