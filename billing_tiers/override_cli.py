@@ -152,9 +152,9 @@ def import_(
 
 @override_app.command("approve")
 def approve(
-    ids: Annotated[list[str] | None, typer.Argument(metavar="ID [ID ...]", help="Override ids.", show_default=False)],
     store: StoreOption,
     by: ByOption,
+    ids: Annotated[list[str] | None, typer.Argument(metavar="ID", help="Override ids.", show_default=False)] = None,
     debug: DebugOption = False,
 ) -> None:
     """Approve pending overrides, all or none; the name that requested one may not approve it."""

@@ -402,7 +402,7 @@ def check_subscriber_id(value: str) -> str:
     (Unicode Cc, Cf), no whitespace at either end. Returned unchanged (never trimmed)."""
     field = "subscriber_id"
     if not value:
-        raise FieldError(field, f"is empty; a subscriber_id has 1 to {SUBSCRIBER_ID_MAX} characters")
+        raise FieldError(field, f"must not be empty; a subscriber_id has 1 to {SUBSCRIBER_ID_MAX} characters")
     bad = _bad_character(value)
     if bad is not None:
         raise FieldError(field, f"'{value}' has a control or format character ({bad}); a subscriber_id may not")
@@ -418,7 +418,7 @@ def check_name(value: str | None, field: str = "by") -> str:
     character (an invisible one would make two names look alike to the four-eyes rule)."""
     name = (value or "").strip()
     if not name:
-        raise FieldError(field, "is empty; give the name of the person deciding")
+        raise FieldError(field, "must not be empty; give the name of the person deciding")
     bad = _bad_character(name)
     if bad is not None:
         raise FieldError(field, f"'{name}' has a control or format character ({bad}); give a plain name")
@@ -429,7 +429,7 @@ def check_reason(value: str | None, field: str = "reason") -> str:
     """Required text, surrounding whitespace dropped; empty or whitespace-only is refused."""
     reason = (value or "").strip()
     if not reason:
-        raise FieldError(field, "is empty; say why")
+        raise FieldError(field, "must not be empty; say why")
     return reason
 
 
