@@ -209,8 +209,9 @@ def read_ledger(store: Store) -> pl.DataFrame:
         sequences = frame.get_column("sequence").to_list()
         if first != expected or sequences != list(range(first, first + frame.height)):
             raise PipelineError(
-                f"override ledger file {path}: holds entries {sequences[:1]}..{sequences[-1:]} where entry "
-                f"{expected} is next; an entry file is missing or was changed"
+                f"override ledger file {path}: holds entries {sequences[0] if sequences else 'none'} to "
+                f"{sequences[-1] if sequences else 'none'} where entry {expected} is next; an entry file is "
+                f"missing or was changed"
             )
         expected = first + frame.height
         frames.append(frame)

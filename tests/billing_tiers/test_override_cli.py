@@ -183,7 +183,7 @@ def test_every_command_needs_an_initialised_store(tmp_path: Path) -> None:
             "bob",
             "--reason",
             "r",
-        ],  # fmt: skip
+        ],
         ["override", "list", "--store", str(plain)],
         ["override", "log", "--store", str(plain)],
     ):
@@ -245,7 +245,8 @@ def test_import_prints_the_ids_in_file_order_from_one_batch_file(store: Path, tm
     ]
     assert len(entry_files(store)) == 2
     rows = listed(store)[1:]
-    assert [(r["program"], r["subscriber_id"], r["kind"], r["level"], r["first_month"], r["last_month"]) for r in rows] == [
+    fields = ("program", "subscriber_id", "kind", "level", "first_month", "last_month")
+    assert [tuple(r[f] for f in fields) for r in rows] == [
         ("unicom_star", "13800000002", "block", None, "2024-02", "2024-06"),
         ("unicom_vip", "s9", "grant", "silver", "2024-01", None),
         ("points_redemption", "s9", "grant", "unlocked", "2024-05", "2024-05"),
@@ -272,7 +273,8 @@ GOOD = "unicom_vip,s1,grant,gold,2024-01,,key account,"
          "a block takes no level (got 'gold')"),
         (["nope,s2,block,,2024-01,,r,"], "data row 1 (line 2), column program",
          f"'nope' is not a program of the bundled rulebook (enabled: {PROGRAMS})"),
-        ([GOOD, GOOD.replace("s1", "s3"), "unicom_vip, s4,block,,2024-01,,r,"], "data row 3 (line 4), column subscriber_id",
+        ([GOOD, GOOD.replace("s1", "s3"), "unicom_vip, s4,block,,2024-01,,r,"],
+         "data row 3 (line 4), column subscriber_id",
          "' s4' starts or ends with whitespace; a subscriber_id may not"),
         ([GOOD, "unicom_vip,s2,block,,2024-1,,r,"], "data row 2 (line 3), column first_month",
          "month '2024-1' is not of the form YYYY-MM"),
@@ -466,8 +468,10 @@ def test_a_pending_override_can_be_revoked_and_then_never_applies(store: Path) -
 def test_revoke_refusals(store: Path) -> None:
     ok(*add_args(store))
     base = ("override", "revoke", "OVR-000001", "--store", str(store), "--by", "carol")
-    assert refused(store, "override", "revoke", "OVR-000009", "--store", str(store), "--from", "2024-05",
-                   "--by", "carol", "--reason", "r") == "error: no override 'OVR-000009' in the ledger; nothing was revoked"  # fmt: skip
+    unknown = ("override", "revoke", "OVR-000009", "--store", str(store), "--by", "carol")
+    assert refused(store, *unknown, "--from", "2024-05", "--reason", "r") == (
+        "error: no override 'OVR-000009' in the ledger; nothing was revoked"
+    )
     assert refused(store, *base, "--from", "2024-05", "--reason", "") == "error: --reason: must not be empty; say why"
     assert (
         refused(store, *base, "--from", "2024-05", "--reason", "\n ") == "error: --reason: must not be empty; say why"
@@ -475,8 +479,10 @@ def test_revoke_refusals(store: Path) -> None:
     assert refused(store, *base, "--from", "2024-5", "--reason", "r") == (
         "error: --from: month '2024-5' is not of the form YYYY-MM"
     )
-    assert refused(store, "override", "revoke", "OVR-000001", "--store", str(store), "--by", "", "--from", "2024-05",
-                   "--reason", "r") == "error: --by: must not be empty; give the name of the person deciding"  # fmt: skip
+    nameless = ("override", "revoke", "OVR-000001", "--store", str(store), "--by", "", "--from", "2024-05")
+    assert refused(store, *nameless, "--reason", "r") == (
+        "error: --by: must not be empty; give the name of the person deciding"
+    )
     revoke(store, "OVR-000001", "2024-05")
     assert refused(store, *base, "--from", "2024-04", "--reason", "again") == (
         "error: OVR-000001 is already revoked (from 2024-05, by carol); nothing was revoked"
