@@ -398,7 +398,7 @@ def status(
         display.error(str(exc))
         raise typer.Exit(3 if check else 2) from None
     statuses = _guarded(debug, lambda: store_status(the_store))
-    pending_overrides = _guarded(debug, lambda: pending_for_status(the_store))
+    pending_overrides, ledger_problem = pending_for_status(the_store)
     pending = the_store.pending_publishes()
     rejected = [month_label(m) for m in the_store.rejected_months()]
     latest = statuses[-1].month if statuses else None
@@ -434,6 +434,7 @@ def status(
             "rejected": rejected,
             "interrupted_publishes": pending,
             "pending_overrides": pending_overrides,
+            "override_ledger_problem": ledger_problem,
         }
         display.print_json(report)
     else:
@@ -454,8 +455,8 @@ def status(
             )
         if pending:
             display.line(f"interrupted publishes (finished by the next run or backfill): {', '.join(pending)}")
-        print_pending(pending_overrides)
-    if check and (any(not s.healthy for s in statuses) or pending or behind):
+        print_pending(pending_overrides, ledger_problem)
+    if check and (any(not s.healthy for s in statuses) or pending or behind or ledger_problem):
         raise typer.Exit(3)
 
 

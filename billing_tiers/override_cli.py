@@ -238,16 +238,23 @@ def log(store: StoreOption, as_json: JsonOption = False, debug: DebugOption = Fa
 # ----------------------------------------------------------------------------- for `billing-tiers status`
 
 
-def pending_for_status(store: Any) -> list[dict[str, Any]]:
-    """The overrides waiting for approval, one object each with the keys of ``override list --json``,
-    for ``status``."""
+def pending_for_status(store: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """For ``status``: the overrides waiting for approval, one object each with the keys of
+    ``override list --json``, and None; or None and what is wrong with a ledger that cannot be read
+    (``status`` reports it and ``status --check`` fails, as for a damaged month)."""
     from billing_tiers.overrides import pending_overrides
 
-    return [{key: row[key] for key in OVERRIDE_LIST_KEYS} for row in pending_overrides(store).iter_rows(named=True)]
+    try:
+        found = pending_overrides(store)
+    except PipelineError as exc:
+        return None, str(exc)
+    return [{key: row[key] for key in OVERRIDE_LIST_KEYS} for row in found.iter_rows(named=True)], None
 
 
-def print_pending(pending: list[dict[str, Any]]) -> None:
-    """``status``'s text: the pending overrides as a table, and how to approve them."""
+def print_pending(pending: list[dict[str, Any]] | None, problem: str | None) -> None:
+    """``status``'s text: the pending overrides as a table and how to approve them, or the ledger's problem."""
+    if problem is not None:
+        display.line(f"override ledger: {display.literal(problem)}")
     if not pending:
         return
     rows = ({**row, "months": f"{row['first_month']}..{row['last_month'] or 'open'}"} for row in pending)

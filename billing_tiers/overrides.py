@@ -196,9 +196,10 @@ def read_ledger(store: Store) -> pl.DataFrame:
     """Every entry of the ledger, in sequence order (:data:`OVERRIDE_LEDGER` columns), checked: each
     file against the contract and its name, the sequence without gaps, the history consistent. A
     store with no override has an empty ledger. A damaged ledger is a PipelineError naming the file."""
+    files = ledger_files(store)
     frames: list[pl.DataFrame] = []
     expected = 1
-    for path in ledger_files(store):
+    for path in files:
         try:
             frame = pl.read_parquet(path)
         except Exception as exc:  # any unreadable file is named, whatever the reader says
@@ -218,9 +219,7 @@ def read_ledger(store: Store) -> pl.DataFrame:
     entries = pl.concat(frames, how="vertical") if frames else OVERRIDE_LEDGER.empty()
     problems = ledger_problems(entries) if frames else []
     if problems:
-        culprit = next(
-            (path for path, frame in zip(ledger_files(store), frames, strict=True) if ledger_problems(frame)), None
-        )
+        culprit = next((path for path, frame in zip(files, frames, strict=True) if ledger_problems(frame)), None)
         raise PipelineError(f"override ledger file {culprit or entries_dir(store)}: {problems[0]}")
     history = _history_problem(entries)
     if history is not None:
@@ -605,18 +604,21 @@ def _append(store: Store, build: Callable[[pl.DataFrame], list[dict[str, Any]]])
     return pl.concat([ledger, frame], how="vertical")
 
 
-def _occupant(request: OverrideRequest, current: pl.DataFrame) -> dict[str, Any] | None:
-    """The override whose months the request would share for its program and subscriber: a pending
-    or approved one, or a revoked one that was approved and keeps effective months."""
-    last = request.last_month
-    found = current.filter(
-        pl.col("program") == request.program,
-        pl.col("subscriber_id") == request.subscriber_id,
-        (pl.col("status") != REVOKED) | (pl.col("approved_by").is_not_null() & ~pl.col("removed")),
-        pl.col("last_month").is_null() | (pl.col("last_month") >= request.first_month),
-        pl.lit(True) if last is None else pl.col("first_month") <= last,
+def _overlaps(first: str, last: str | None, other_first: str, other_last: str | None) -> bool:
+    """Whether two month ranges share a month (None: open end)."""
+    return (other_last is None or first <= other_last) and (last is None or other_first <= last)
+
+
+def _taken_months(current: pl.DataFrame) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Per program and subscriber, the overrides whose months a new one may not share: pending or
+    approved ones, and revoked ones that were approved and keep effective months."""
+    taken: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    occupying = current.filter(
+        (pl.col("status") != REVOKED) | (pl.col("approved_by").is_not_null() & ~pl.col("removed"))
     )
-    return found.row(0, named=True) if found.height else None
+    for row in occupying.iter_rows(named=True):
+        taken.setdefault((row["program"], row["subscriber_id"]), []).append(row)
+    return taken
 
 
 def _next_number(ledger: pl.DataFrame) -> int:
@@ -635,12 +637,22 @@ def add_overrides(store: Store, requests: Sequence[OverrideRequest], by: str) ->
         raise PipelineError("no override to add")
 
     def build(ledger: pl.DataFrame) -> list[dict[str, Any]]:
-        current = current_overrides(ledger)
+        taken = _taken_months(current_overrides(ledger))
         number = _next_number(ledger)
         rows: list[dict[str, Any]] = []
         for index, request in enumerate(requests):
-            other = _occupant(request, current)
-            if other is not None:
+            key = (request.program, request.subscriber_id)
+            for other in taken.get(key, []):
+                if not _overlaps(request.first_month, request.last_month, other["first_month"], other["last_month"]):
+                    continue
+                if "row" in other:
+                    raise FieldError(
+                        MONTHS_FIELD,
+                        f"{request.months} overlaps data row {other['row']} of this file "
+                        f"({months_text(other['first_month'], other['last_month'])}) of {request.program} for "
+                        f"subscriber '{request.subscriber_id}'",
+                        index,
+                    )
                 hint = "choose months" if other["status"] == REVOKED else "revoke it first, or choose months"
                 raise FieldError(
                     MONTHS_FIELD,
@@ -649,17 +661,9 @@ def add_overrides(store: Store, requests: Sequence[OverrideRequest], by: str) ->
                     f"subscriber '{request.subscriber_id}'; {hint} that do not overlap",
                     index,
                 )
-            for earlier, before in enumerate(requests[:index]):
-                if (before.program, before.subscriber_id) == (request.program, request.subscriber_id) and (
-                    (before.last_month is None or before.last_month >= request.first_month)
-                    and (request.last_month is None or before.first_month <= request.last_month)
-                ):
-                    raise FieldError(
-                        MONTHS_FIELD,
-                        f"{request.months} overlaps data row {earlier + 1} of this file ({before.months}) "
-                        f"of {request.program} for subscriber '{request.subscriber_id}'",
-                        index,
-                    )
+            taken.setdefault(key, []).append(
+                {"row": index + 1, "first_month": request.first_month, "last_month": request.last_month}
+            )
             rows.append(
                 {
                     "entry": ADD,

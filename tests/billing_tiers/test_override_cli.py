@@ -572,3 +572,20 @@ def test_status_lists_the_overrides_waiting_for_approval(store: Path) -> None:
     assert pending[0]["override_id"] == "OVR-000002" and pending[0]["status"] == "pending"
     result = invoke("status", "--store", str(new_store(store.parent / "empty")), "--json")
     assert json.loads(result.stdout)["pending_overrides"] == []
+
+
+def test_status_reports_a_damaged_ledger_and_check_fails(store: Path) -> None:
+    ok(*add_args(store))
+    (store / "overrides" / "entries" / "notes.parquet").write_bytes(b"")
+    where = ("--store", str(store), "--extracts", str(store / "none"))
+    expected = (
+        f"override ledger {store}/overrides/entries: notes.parquet is not a ledger entry file "
+        "(<sequence>-<hex>.parquet); the ledger is written only by `billing-tiers override`: move the file out"
+    )
+    result = invoke("status", *where)
+    assert result.exit_code == 0 and result.stdout.splitlines()[-1] == f"override ledger: {expected}"
+    assert invoke("status", *where, "--check").exit_code == 3
+    report = json.loads(invoke("status", *where, "--json").stdout)
+    assert report["pending_overrides"] is None and report["override_ledger_problem"] == expected
+    assert refused(store, "override", "list", "--store", str(store)) == f"error: {expected}"
+    assert refused(store, *add_args(store, subscriber="s2")) == f"error: {expected}"
