@@ -670,7 +670,8 @@ def add_overrides(store: Store, requests: Sequence[OverrideRequest], by: str) ->
         raise PipelineError("no override to add")
 
     def build(ledger: pl.DataFrame) -> list[dict[str, Any]]:
-        taken = _taken_months(current_overrides(ledger))
+        asked = {request.subscriber_id for request in requests}
+        taken = _taken_months(current_overrides(ledger).filter(pl.col("subscriber_id").is_in(sorted(asked))))
         number = _next_number(ledger)
         rows: list[dict[str, Any]] = []
         for index, request in enumerate(requests):
