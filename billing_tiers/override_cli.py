@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import polars as pl
 import typer
@@ -20,6 +20,10 @@ from billing_tiers import display
 from billing_tiers.errors import PipelineError
 from billing_tiers.overrides import MONTHS_FIELD, FieldError
 from schemas.contract import OVERRIDE_IMPORT_HEADER, OVERRIDE_LEDGER, OVERRIDE_LIST_KEYS
+
+if TYPE_CHECKING:
+    from billing_tiers.store import Store
+    from rulebook import Rulebook
 
 override_app = typer.Typer(
     add_completion=False,
@@ -78,13 +82,13 @@ def _run(debug: bool, store: Path, action: Callable[[], T]) -> T:
     return _guarded(debug, flagged, store)
 
 
-def _rulebook(path: Path | None) -> tuple[Any, str]:
+def _rulebook(path: Path | None) -> tuple[Rulebook, str]:
     from rulebook import load_rulebook
 
     return load_rulebook(path), (f"rulebook {path}" if path is not None else "bundled rulebook")
 
 
-def _store(path: Path) -> Any:
+def _store(path: Path) -> Store:
     from billing_tiers.store import Store
 
     return Store(path).require()
@@ -238,7 +242,7 @@ def log(store: StoreOption, as_json: JsonOption = False, debug: DebugOption = Fa
 # ----------------------------------------------------------------------------- for `billing-tiers status`
 
 
-def pending_for_status(store: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
+def pending_for_status(store: Store) -> tuple[list[dict[str, Any]] | None, str | None]:
     """For ``status``: the overrides waiting for approval, one object each with the keys of
     ``override list --json``, and None; or None and what is wrong with a ledger that cannot be read
     (``status`` reports it and ``status --check`` fails, as for a damaged month)."""
