@@ -23,6 +23,7 @@ import typer
 from billing_tiers import __version__, display
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import month_label, parse_month
+from billing_tiers.override_cli import override_app, pending_for_status, print_pending
 from billing_tiers.service import DEFAULT_STORE, RunRequest
 from flows.dask_cluster import DASK_TIMEOUT_SECONDS
 from rulebook import RulebookError, load_rulebook
@@ -33,6 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Monthly customer-program levels and member cards from billing extracts.",
 )
+app.add_typer(override_app, name="override")
 ExtractsOption = Annotated[
     Path | None,
     typer.Option(
@@ -399,6 +401,7 @@ def status(
         display.error(str(exc))
         raise typer.Exit(3 if check else 2) from None
     statuses = _guarded(debug, lambda: store_status(the_store))
+    pending_overrides, ledger_problem = pending_for_status(the_store)
     pending = the_store.pending_publishes()
     rejected = [month_label(m) for m in the_store.rejected_months()]
     latest = statuses[-1].month if statuses else None
@@ -433,6 +436,8 @@ def status(
             "behind": behind,
             "rejected": rejected,
             "interrupted_publishes": pending,
+            "pending_overrides": pending_overrides,
+            "override_ledger_problem": ledger_problem,
         }
         display.print_json(report)
     else:
@@ -453,7 +458,8 @@ def status(
             )
         if pending:
             display.line(f"interrupted publishes (finished by the next run or backfill): {', '.join(pending)}")
-    if check and (any(not s.healthy for s in statuses) or pending or behind):
+        print_pending(pending_overrides, ledger_problem)
+    if check and (any(not s.healthy for s in statuses) or pending or behind or ledger_problem):
         raise typer.Exit(3)
 
 

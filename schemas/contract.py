@@ -285,17 +285,6 @@ TIER_ASSIGNMENTS = Table(
     unique=("program", "subscriber_id"),
 )
 
-OVERRIDES_IN_FORCE: dict[str, pl.DataType] = {
-    "program": pl.String(),
-    "subscriber_id": pl.String(),
-    "override_id": pl.String(),
-    "kind": pl.String(),
-    "level": pl.String(),
-    "reason": pl.String(),
-}
-"""The approved overrides in force for a month, as the engine reads them: at most one per program and
-subscriber; ``level`` is null for a block."""
-
 CARD_ISSUANCE = Table(
     name="card_issuance",
     grain="One row per card event (issue or void) at the billing month's evaluation.",
@@ -475,3 +464,142 @@ CARRIED_TABLES = (STATE.name, EXTRACT_PRESENCE.name)
 """Tables the next month reads back (by bucket); ``memberships`` is published for readers only."""
 
 MEMBERSHIP_SCHEMA = MEMBERSHIPS.schema
+
+# ----------------------------------------------------------------------------- manual decisions (SPEC 9)
+
+GRANT, BLOCK = "grant", "block"
+OVERRIDE_KINDS = (GRANT, BLOCK)
+"""A grant gives a level of the program (``level`` required); a block takes the program away (no level)."""
+
+PENDING, APPROVED, REVOKED = "pending", "approved", "revoked"
+OVERRIDE_STATUSES = (PENDING, APPROVED, REVOKED)
+"""An override's current state: pending until approved; revoked once a revoke is recorded (whatever
+it was before). Only an approved override applies, over its effective months."""
+
+ADD, APPROVE, REVOKE = "add", "approve", "revoke"
+LEDGER_ENTRY_TYPES = (ADD, APPROVE, REVOKE)
+"""The entries of the override ledger: every add, approve and revoke is one row, never changed."""
+
+OVERRIDE_ID_PATTERN = r"^OVR-[0-9]{6,}$"
+"""Override ids are assigned by the store: ``OVR-`` and the override's number, six digits or more."""
+MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+"""A billing month as the ledger writes it: the text ``YYYY-MM`` (as the ``billing_month`` folders)."""
+
+OVERRIDE_IMPORT_HEADER = (
+    "program",
+    "subscriber_id",
+    "kind",
+    "level",
+    "first_month",
+    "last_month",
+    "reason",
+    "ticket",
+)
+"""The exact header of an ``override import`` CSV file (``level``, ``last_month`` and ``ticket`` may be empty)."""
+
+_MONTH_TEXT = Column(pl.String(), checks={"str_matches": MONTH_PATTERN})
+_NULL_MONTH_TEXT = Column(pl.String(), nullable=True, checks={"str_matches": MONTH_PATTERN})
+_OVERRIDE_ID = Column(pl.String(), checks={"str_matches": OVERRIDE_ID_PATTERN})
+_UTC = pl.Datetime("us", "UTC")
+
+OVERRIDE_LEDGER = Table(
+    name="override_ledger",
+    grain="One row per ledger entry: add, approve or revoke.",
+    columns={
+        "entry_id": Column(pl.String(), checks={"str_length": (32, 32)}),
+        "sequence": Column(pl.Int64(), checks={"ge": 1}),
+        "entry": Column(pl.String(), checks={"isin": list(LEDGER_ENTRY_TYPES)}),
+        "override_id": _OVERRIDE_ID,
+        "program": Column(pl.String()),
+        "subscriber_id": _SUBSCRIBER,
+        "kind": Column(pl.String(), nullable=True, checks={"isin": list(OVERRIDE_KINDS)}),
+        "level": _NULL_STRING,
+        "first_month": _NULL_MONTH_TEXT,
+        "last_month": _NULL_MONTH_TEXT,
+        "revoke_from": _NULL_MONTH_TEXT,
+        "reason": _NULL_STRING,
+        "ticket": _NULL_STRING,
+        "by": Column(pl.String()),
+        "os_user": Column(pl.String()),
+        "recorded_at": Column(_UTC),
+    },
+    unique=("entry_id",),
+)
+"""``<store>/overrides/entries/*.parquet``, one file per batch of entries (an ``add``, a whole
+``import``, an ``approve`` of several ids, a ``revoke``), files never changed or removed.
+
+Which columns an entry fills: ``add``: everything but ``revoke_from`` (``level`` only for a grant,
+``last_month`` null for an open end, ``ticket`` optional); ``approve``: the override's ``override_id``,
+``program`` and ``subscriber_id``, ``by``; ``revoke``: the same with ``revoke_from`` and ``reason``.
+Months are ``YYYY-MM`` text; ``recorded_at`` is UTC; ``by`` is the name given, ``os_user`` the
+operating-system user that wrote the entry."""
+
+OVERRIDES = Table(
+    name="overrides",
+    grain="One row per override: its fields and its state after every entry of the ledger.",
+    columns={
+        "override_id": _OVERRIDE_ID,
+        "program": Column(pl.String()),
+        "subscriber_id": _SUBSCRIBER,
+        "kind": Column(pl.String(), checks={"isin": list(OVERRIDE_KINDS)}),
+        "level": _NULL_STRING,
+        "first_month": _MONTH_TEXT,
+        "last_month": _NULL_MONTH_TEXT,
+        "reason": Column(pl.String()),
+        "ticket": _NULL_STRING,
+        "requested_by": Column(pl.String()),
+        "approved_by": _NULL_STRING,
+        "status": Column(pl.String(), checks={"isin": list(OVERRIDE_STATUSES)}),
+        "requested_last_month": _NULL_MONTH_TEXT,
+        "removed": Column(pl.Boolean()),
+        "requested_at": Column(_UTC),
+        "approved_at": Column(_UTC, nullable=True),
+        "revoked_by": _NULL_STRING,
+        "revoked_at": Column(_UTC, nullable=True),
+        "revoke_from": _NULL_MONTH_TEXT,
+        "revoke_reason": _NULL_STRING,
+    },
+    unique=("override_id",),
+)
+"""What ``current_overrides`` gives (:mod:`billing_tiers.overrides`). ``last_month`` is the effective
+last month: the requested one (null: open), or after a revoke from M the earlier of it and M-1, so a
+revoke from a month at or before ``first_month`` leaves ``last_month`` before ``first_month`` (no
+effective month; ``removed`` is then true)."""
+
+OVERRIDE_LIST_KEYS = (
+    "override_id",
+    "program",
+    "subscriber_id",
+    "kind",
+    "level",
+    "first_month",
+    "last_month",
+    "reason",
+    "ticket",
+    "requested_by",
+    "approved_by",
+    "status",
+)
+"""The keys of ``override list --json`` and of ``status``'s pending overrides, in this order (SPEC 9)."""
+
+OVERRIDES_IN_FORCE = Table(
+    name="overrides_in_force",
+    grain="One row per program and subscriber with an approved override whose effective months hold the month.",
+    columns={
+        "override_id": _OVERRIDE_ID,
+        "program": Column(pl.String()),
+        "subscriber_id": _SUBSCRIBER,
+        "kind": OVERRIDES.columns["kind"],
+        "level": _NULL_STRING,
+        "reason": Column(pl.String()),
+        "requested_by": Column(pl.String()),
+        "approved_by": Column(pl.String()),
+        "first_month": _MONTH_TEXT,
+        "last_month": _NULL_MONTH_TEXT,
+    },
+    unique=("program", "subscriber_id"),
+)
+"""What the engine applies to a month (``overrides_in_force``); at most one per program and subscriber."""
+
+ENGINE_OVERRIDE_COLUMNS = ("override_id", "program", "subscriber_id", "kind", "level", "reason")
+"""The columns of :data:`OVERRIDES_IN_FORCE` the evaluation reads (the others are for people)."""

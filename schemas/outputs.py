@@ -30,6 +30,7 @@ VALUE_RULES: dict[str, Callable[[pl.Expr, Any], pl.Expr]] = {
     "isin": lambda values, allowed: values.is_in(allowed),
     "ge": lambda values, low: values >= low,
     "str_length": lambda values, bounds: values.str.len_chars().is_between(*bounds),
+    "str_matches": lambda values, pattern: values.str.contains(pattern),  # patterns are anchored (^...$)
 }
 """Each kind of a contract column's ``checks`` -> the expression that holds where a value keeps the rule
 (given the column's values and the check's argument). It is null where the value is null: nulls are

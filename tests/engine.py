@@ -10,7 +10,7 @@ import polars as pl
 
 from billing_tiers.months import add_months, month_end, parse_month
 from rulebook import Rulebook, load_rulebook
-from schemas.contract import CONTRACT_COLUMNS, OVERRIDES_IN_FORCE
+from schemas.contract import CONTRACT_COLUMNS, ENGINE_OVERRIDE_COLUMNS, OVERRIDES_IN_FORCE
 from transforms.evaluate import evaluate_month
 from transforms.metrics import empty_state
 
@@ -53,7 +53,9 @@ class Engine:
             month=start,
             month_end=month_end(start),
             rulebook=self.rulebook,
-            overrides=pl.LazyFrame(overrides, schema=OVERRIDES_IN_FORCE) if overrides is not None else None,
+            overrides=pl.LazyFrame(overrides, schema={c: OVERRIDES_IN_FORCE.schema[c] for c in ENGINE_OVERRIDE_COLUMNS})
+            if overrides is not None
+            else None,
         )
         tier, cards, state, memberships, at_risk = pl.collect_all(tables.frames())
         self.state, self.memberships = state, memberships
