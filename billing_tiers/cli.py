@@ -196,7 +196,7 @@ def _writer(store: Path, rulebook: Path | None, command: str) -> Iterator[Any]:
 
 def _refuse_rulebook(store: Any, build_on: dt.date | None, rulebook: Path | None) -> None:
     """A rulebook that drops a program or level members hold stops the command before anything runs."""
-    from billing_tiers.history import refuse_rulebook_change
+    from billing_tiers.planning import refuse_rulebook_change
 
     refuse_rulebook_change(store, build_on, load_rulebook(rulebook))
 
@@ -259,7 +259,7 @@ def check(
 
     Prints the summary and guard figures with quarantine counts by rule; when a guard would stop
     the month, the rejected rows are written to <store>/_rejected/ and named."""
-    from billing_tiers.history import plan_run
+    from billing_tiers.planning import plan_run
 
     def action() -> dict[str, Any]:
         from flows.run_month import run_month
@@ -280,7 +280,7 @@ def check(
                     override_guards=False,
                     buckets=buckets,
                     dry_run=True,
-                )
+                ).as_dict()
             except PipelineError as exc:
                 figures = getattr(exc, "guards", None)
                 if figures is not None:
@@ -320,7 +320,7 @@ def run(
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
 
     def action() -> list[dict[str, Any]]:
-        from billing_tiers.history import plan_run
+        from billing_tiers.planning import plan_run
 
         target = parse_month(month)
         _check_extract_footers(extracts, [target])
@@ -359,7 +359,7 @@ def backfill(
     """Recompute months in order from --from through --to, replacing what was published."""
 
     def action() -> list[dict[str, Any]]:
-        from billing_tiers.history import plan_backfill
+        from billing_tiers.planning import plan_backfill
 
         first = parse_month(start)
         last = parse_month(end) if end else None
@@ -402,57 +402,33 @@ def status(
     ] = False,
     debug: DebugOption = False,
 ) -> None:
-    """List published months, their manifests, and any month that is stale, incomplete or not yet run."""
-    from billing_tiers.history import store_status
-    from billing_tiers.store import Store, extract_months
+    """List published months, their manifests, any month that is stale or damaged (naming the file and
+    the command that repairs it), a run in progress, and months not yet run."""
+    from billing_tiers.health import store_health
+    from billing_tiers.store import Store
 
     try:
         the_store = Store(store).require()
     except PipelineError as exc:
         errors.print(f"error: {exc}", markup=False, highlight=False)
         raise typer.Exit(3 if check else 2) from None
-    statuses = _guarded(debug, lambda: store_status(the_store))
-    pending = the_store.pending_publishes()
-    rejected = [month_label(m) for m in the_store.rejected_months()]
-    latest = statuses[-1].month if statuses else None
-    behind = [month_label(m) for m in extract_months(extracts) if latest is None or m > latest]
-    rows = [
-        {
-            "billing_month": month_label(s.month),
-            "status": "ok" if s.healthy else s.problem,
-            "run_id": (s.manifest or {}).get("run_id"),
-            "built_from": ((s.manifest or {}).get("built_from") or {}).get("month"),
-            "created_at": (s.manifest or {}).get("created_at"),
-            "buckets": (s.manifest or {}).get("buckets"),
-            "tier_rows": ((s.manifest or {}).get("tables", {}).get("tier_assignments") or {}).get("rows"),
-            "quarantined": ((s.manifest or {}).get("tables", {}).get("quarantine") or {}).get("rows"),
-            "guards_overridden": ((s.manifest or {}).get("guards") or {}).get("overridden"),
-        }
-        for s in statuses
-    ]
+    health = _guarded(debug, lambda: store_health(the_store, extracts))
     if as_json:
-        report = {"months": rows, "behind": behind, "rejected": rejected, "interrupted_publishes": pending}
-        print(json.dumps(report, indent=2))
+        print(json.dumps(health.as_json(), indent=2))
     else:
         columns = ("billing_month", "status", "built_from", "run_id", "buckets", "tier_rows", "quarantined")
         table = Table(title=f"store {store}")
         for column in columns:
             table.add_column(column)
-        for row in rows:
-            table.add_row(*[str(row[c]) if row[c] is not None else "-" for c in columns])
+        for row in health.month_rows():
+            shown = {**row, "status": row["status"].split(":")[0]}  # the details follow the table
+            table.add_row(*[str(shown[c]) if shown[c] is not None else "-" for c in columns])
         console.print(table)
-        if not rows:
+        if not health.months:
             console.print("no month published yet")
-        if behind:
-            console.print(f"behind: extracts under {extracts} not yet published: {', '.join(behind)}", highlight=False)
-        for month in rejected:
-            console.print(
-                f"rejected: {month} was stopped by a guard; rows in {the_store.rejected_file(parse_month(month))}",
-                highlight=False,
-            )
-        if pending:
-            console.print(f"interrupted publishes (finished by the next run or backfill): {', '.join(pending)}")
-    if check and (any(not s.healthy for s in statuses) or pending or behind):
+        for line in health.notes(the_store, extracts):
+            console.print(line, highlight=False, markup=False)
+    if check and health.needs_attention:
         raise typer.Exit(3)
 
 
@@ -470,12 +446,13 @@ def explain(
 
     def action() -> list[dict[str, Any]]:
         the_store = _reading(store)
-        frame = the_store.read_table("tier_assignments", parse_month(month))
         import polars as pl
 
-        rows = frame.filter(pl.col("subscriber_id") == subscriber)
+        tiers = the_store.scan_table("tier_assignments", parse_month(month))
+        rows = tiers.filter(pl.col("subscriber_id") == subscriber)
         if program:
             rows = rows.filter(pl.col("program") == program)
+        rows = rows.collect()
         if rows.height == 0:
             raise PipelineError(
                 f"month {month}: no tier row for subscriber {subscriber!r}"
@@ -483,13 +460,15 @@ def explain(
             )
         return rows.to_dicts()
 
-    from billing_tiers.member import failing_condition, last_seen_attributes, why_held
+    from billing_tiers.member import failing_condition, last_seen_attributes, quarantined_rows, why_held
 
     rows = _guarded(debug, action)
     the_store = _reading(store)
     target = parse_month(month)
     rules = _guarded(debug, lambda: load_rulebook(rulebook))
-    attributes = last_seen_attributes(the_store, target, subscriber)
+    attributes = _guarded(debug, lambda: last_seen_attributes(the_store, target, subscriber))
+    absent = bool(rows) and not rows[0]["present"]
+    found = _guarded(debug, lambda: quarantined_rows(the_store, target, subscriber)) if absent else None
     for row in rows:
         console.print(f"[bold]{row['program']}[/bold] {subscriber} {month} (evaluated {row['evaluated_on']})")
         console.print(
@@ -520,11 +499,7 @@ def explain(
             f" present {row['present']}, eligible {row['eligible']}",
             highlight=False,
         )
-    if rows and not rows[0]["present"]:
-        import polars as pl
-
-        quarantined = pl.scan_parquet(the_store.month_dir("quarantine", target) / "*.parquet")
-        found = quarantined.filter(pl.col("subscriber_id") == subscriber).collect()
+    if found is not None:
         for q in found.iter_rows(named=True):
             console.print(
                 f"  quarantined this month: rule {q['rule']} in {q['source_file']} row {q['source_row']}"

@@ -41,9 +41,11 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from billing_tiers.errors import PipelineError
+from billing_tiers.health import table_damage
 from billing_tiers.months import month_label
-from billing_tiers.store import Store
+from billing_tiers.store import Store, repair_hint
 from schemas.contract import ACTIONS, AT_RISK, CARD_EVENTS, CARD_ISSUANCE, CARD_REASONS, TIER_ASSIGNMENTS, Table
+from schemas.manifest import Manifest
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -151,35 +153,34 @@ def _sorted(frame: pl.DataFrame, key: Callable[[dict[str, Any]], Any]) -> pl.Dat
     return pl.DataFrame(sorted(frame.iter_rows(named=True), key=key), schema=frame.schema, orient="row")
 
 
-def _manifest(store: Store, month: dt.date) -> dict[str, Any]:
+def _manifest(store: Store, month: dt.date) -> Manifest:
     manifest = store.read_manifest(month)
     if manifest is None:
         raise PipelineError(f"month {month_label(month)}: not published (no manifest in {store.root})")
     return manifest
 
 
-def _month_columns(
-    store: Store, manifest: Mapping[str, Any], table: Table, month: dt.date, columns: list[str]
-) -> pl.DataFrame:
-    """``columns`` of one published table-month, from the part files its manifest lists (an empty
-    frame when the month has none, e.g. ``at_risk`` in a store made before that table existed)."""
-    empty = pl.DataFrame(schema={name: table.schema[name] for name in columns})
-    if table.name not in manifest.get("tables", {}):
-        return empty
-    paths = [path for path, _ in store.part_paths(table.name, month, manifest)]
-    if not paths:
-        return empty
-    missing = [path for path in paths if not path.is_file()]
-    if missing:
-        raise PipelineError(
-            f"month {month_label(month)}: {table.name} part {missing[0]} is missing; see `billing-tiers status`"
-        )
-    return pl.scan_parquet(paths, hive_partitioning=False).select(columns).collect()
+def _refuse_damaged(store: Store, month: dt.date, manifest: Manifest) -> None:
+    """A report of a month whose part files do not match its manifest is refused, naming the file:
+    its figures could be wrong even where they come from the manifest."""
+    damage = table_damage(store, month, manifest)
+    if damage is not None:
+        problem = damage.problem.removeprefix("incomplete: ")
+        raise PipelineError(f"month {month_label(month)}: {problem}; {repair_hint(month)}")
 
 
-def _summary_rows(manifest: Mapping[str, Any]) -> pl.DataFrame:
+def _month_columns(store: Store, manifest: Manifest, table: Table, month: dt.date, columns: list[str]) -> pl.DataFrame:
+    """``columns`` of one published table-month, from the part files its manifest lists, each checked
+    against its checksum (an empty frame when the month has none, e.g. ``at_risk`` in a store made
+    before that table existed)."""
+    if table.name not in manifest.tables or not manifest.tables[table.name].parts:
+        return pl.DataFrame(schema={name: table.schema[name] for name in columns})
+    return store.scan_table(table.name, month, manifest).select(columns).collect()
+
+
+def _summary_rows(manifest: Manifest) -> pl.DataFrame:
     return pl.DataFrame(
-        manifest.get("summary") or [],
+        [row.model_dump() for row in manifest.summary],
         schema={"program": pl.String, "level": pl.String, "action": pl.String, "subscribers": pl.Int64},
     ).with_columns(pl.col("level").fill_null(NONE_LEVEL))
 
@@ -227,11 +228,11 @@ def _guard_frame(guards: Mapping[str, Any]) -> pl.DataFrame:
     )
 
 
-def _timing_frame(manifest: Mapping[str, Any]) -> pl.DataFrame:
+def _timing_frame(manifest: Manifest) -> pl.DataFrame:
     rows = [
         {"scope": scope, "step": step, "seconds": float(seconds)}
-        for scope, key in (("run", "timings_seconds"), ("buckets (summed)", "bucket_seconds_summed"))
-        for step, seconds in (manifest.get(key) or {}).items()
+        for scope, timings in (("run", manifest.timings_seconds), ("buckets (summed)", manifest.bucket_seconds_summed))
+        for step, seconds in timings.items()
     ]
     return pl.DataFrame(rows, schema={"scope": pl.String, "step": pl.String, "seconds": pl.Float64})
 
@@ -247,7 +248,7 @@ def _levels_of(program: str, members: pl.DataFrame, transitions: pl.DataFrame) -
 def month_report_figures(store: Store, month: dt.date) -> ReportFigures:
     """The month's report figures, read from the store only (see the module docstring for what is read)."""
     manifest = _manifest(store, month)
-    label = month_label(month)
+    _refuse_damaged(store, month, manifest)
     window = [m for m in store.manifest_months() if m < month][-(HISTORY_MONTHS - 1) :]
     manifests = {m: store.read_manifest(m) for m in window}
     history = [(m, found) for m, found in manifests.items() if found is not None] + [(month, manifest)]
@@ -267,9 +268,9 @@ def month_report_figures(store: Store, month: dt.date) -> ReportFigures:
     )
 
     # (2) transitions: counted by the run itself (manifest), else from the month's tier rows
-    if manifest.get("transitions") is not None:
+    if manifest.transitions is not None:
         counted = pl.DataFrame(
-            manifest["transitions"],
+            [row.model_dump() for row in manifest.transitions],
             schema={"program": pl.String, "previous_level": pl.String, "level": pl.String, "members": pl.Int64},
         )
     else:
@@ -336,10 +337,10 @@ def month_report_figures(store: Store, month: dt.date) -> ReportFigures:
 
     # (6)-(8) from the manifest
     quarantine = pl.DataFrame(
-        [{"rule": rule, "rows": rows} for rule, rows in (manifest.get("quarantine_by_rule") or {}).items()],
+        [{"rule": rule, "rows": rows} for rule, rows in manifest.quarantine_by_rule.items()],
         schema={"rule": pl.String, "rows": pl.Int64},
     ).sort(["rows", "rule"], descending=[True, False])
-    guards = manifest.get("guards") or {}
+    guards = manifest.guards.model_dump()
 
     programs = sorted(
         set(members["program"].to_list())
@@ -349,25 +350,25 @@ def month_report_figures(store: Store, month: dt.date) -> ReportFigures:
         key=_program_key,
     )
     levels = {program: _levels_of(program, members, transitions) for program in programs}
-    run = {
-        key: manifest.get(key)
-        for key in (
+    run = manifest.model_dump(
+        mode="json",
+        include={
             "run_id",
             "created_at",
             "code_version",
             "prefect_flow_run_id",
             "built_from",
             "buckets",
+            "extracts",
             "rulebook",
             "rows_read",
             "duplicates_collapsed",
             "ignored_columns",
             "replaced_run_id",
+            "previous_version_unreadable",
             "changes_by_program",
-        )
-    }
-    if manifest.get("billing_month") not in (None, label):
-        raise PipelineError(f"month {label}: its manifest names month {manifest.get('billing_month')}")
+        },
+    )
     return ReportFigures(
         month=month,
         run=run,

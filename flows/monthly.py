@@ -22,8 +22,8 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from billing_tiers import progress
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import Plan, plan_backfill, plan_run, refuse_rulebook_change
 from billing_tiers.months import parse_month
+from billing_tiers.planning import Plan, plan_backfill, plan_run, refuse_rulebook_change
 from billing_tiers.store import Store
 from flows.bucket import BucketJob, BucketResult
 from flows.run_month import run_month
@@ -111,7 +111,7 @@ def _run_plan(
             map_buckets=_map_as_tasks,
             logger=logger,
             flow_run_id=str(prefect.runtime.flow_run.id) if prefect.runtime.flow_run.id else None,
-        )
+        ).as_dict()
         progress.month_done(manifest["billing_month"])
         _report(store, month, manifest, html=month == plan.months[-1], logger=logger)
         manifests.append(manifest)

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import store_status
+from billing_tiers.health import store_status
 from billing_tiers.store import Store
 from flows import bucket, monthly, run_month
 from schemas.contract import TABLES
