@@ -77,7 +77,7 @@ def table_damage(
                 except FileNotFoundError:
                     return Damage(f"incomplete: {table} part {path} is missing", path)
                 if not matches:
-                    return Damage(f"incomplete: {table} part {path} does not match the manifest checksum", path)
+                    return Damage(f"incomplete: {table} part {path} does not match its manifest checksum", path)
     return None
 
 

@@ -11,6 +11,7 @@ import polars as pl
 
 from billing_tiers.store import Store
 from rulebook import Rulebook
+from schemas.contract import CHANGES
 from schemas.manifest import MANIFEST_FORMAT_VERSION, Manifest, TableEntry
 
 
@@ -88,3 +89,30 @@ def publish_frames(
     fields = {key: value for key, value in manifest.items() if key not in ("billing_month", "run_id")}
     typed = make_manifest(manifest["billing_month"], manifest["run_id"], **fields)
     return store.commit(month, run_id, typed.model_copy(update={"tables": entries}))
+
+
+def contents(store: Path) -> dict[str, pl.DataFrame]:
+    """Every table of a store as its manifests list it, every month, checksums verified, with
+    ``billing_month``; sorted, so two stores compare whatever their bucket counts."""
+    from billing_tiers.months import month_label
+
+    the_store = Store(store)
+    found: dict[str, list[pl.DataFrame]] = {}
+    for month in the_store.manifest_months():
+        manifest = the_store.manifest(month)
+        for table in sorted({*manifest.tables, CHANGES.name}):  # every month has changes, maybe empty
+            frame = the_store.read_table(table, month, manifest)
+            found.setdefault(table, []).append(frame.with_columns(pl.lit(month_label(month)).alias("billing_month")))
+    return {table: pl.concat(frames, how="diagonal_relaxed").sort(pl.all()) for table, frames in found.items()}
+
+
+def assert_same_store(store: Path, reference: Path) -> None:
+    """``store`` publishes exactly the rows of ``reference`` in every table (``changes`` included), and
+    every month of it is healthy."""
+    from billing_tiers.health import store_status
+
+    mine, theirs = contents(store), contents(reference)
+    assert mine.keys() == theirs.keys()
+    for table in theirs:
+        assert mine[table].equals(theirs[table]), table
+    assert [s.problem for s in store_status(Store(store))] == [None] * len(Store(reference).manifest_months())

@@ -68,7 +68,7 @@ def without_tables(path: Path) -> None:
 DAMAGE: dict[str, tuple[Callable[[Store], Path], str]] = {
     "flipped bytes": (
         lambda s: (flip_bytes(p := part(s, "tier_assignments")), p)[1],
-        "incomplete: tier_assignments part {file} does not match the manifest checksum",
+        "incomplete: tier_assignments part {file} does not match its manifest checksum",
     ),
     "deleted part": (
         lambda s: (p := part(s, "card_issuance"), p.unlink())[0],

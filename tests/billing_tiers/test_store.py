@@ -87,7 +87,7 @@ def test_read_table_refuses_a_file_that_does_not_match_its_manifest(tmp_path: Pa
         store.scan_table("state", MONTH)  # the lazy reader checks every part before it scans
     assert str(refused.value) == named
     (status,) = store_status(store)
-    assert status.problem == f"incomplete: state part {part} does not match the manifest checksum"
+    assert status.problem == f"incomplete: state part {part} does not match its manifest checksum"
     assert status.damaged_file == part
 
 
