@@ -199,3 +199,107 @@ def test_the_manifest_flags_a_rulebook_that_differs_from_the_previous_months(tmp
     third = _run(tmp_path / "s", extracts, "2024-03", "2024-02", rulebook=changed)
     flags = [m.rulebook.changed_from_previous for m in (first, second, third)]
     assert flags == [False, True, False]
+
+
+def test_the_manifest_records_its_format_the_extracts_used_and_reads_back_typed(tmp_path: Path) -> None:
+    from schemas.manifest import MANIFEST_FORMAT_VERSION
+
+    extracts = tmp_path / "x"
+    write_extract(extracts, "2024-01", [row("a"), row("b")])
+    written = _run(tmp_path / "s", extracts, "2024-01", None, buckets=2)
+    assert written.format_version == MANIFEST_FORMAT_VERSION and written.extracts == str(extracts)
+    assert Store(tmp_path / "s").manifest(dt.date(2024, 1, 1)) == written
+    assert [p.rows for p in written.tables["tier_assignments"].parts] == [
+        len(pl.read_parquet(Store(tmp_path / "s").month_dir("tier_assignments", dt.date(2024, 1, 1)) / p.file))
+        for p in written.tables["tier_assignments"].parts
+    ]
+
+
+def test_bucket_results_sum_into_the_month_figures() -> None:
+    from flows.bucket import BucketResult, MonthFigures
+    from schemas.manifest import PartEntry
+
+    def result(bucket: int, rows: int, vip: int) -> BucketResult:
+        return BucketResult(
+            bucket=bucket,
+            rows_read=rows + 1,
+            rows_after_duplicates=rows,
+            quarantined_rows=1,
+            quarantine_by_rule={"status_allowed_value": 1},
+            previous_subscribers=rows,
+            missing_subscribers=0,
+            summary={("unicom_vip", "silver", "new"): vip, ("unicom_vip", None, "none"): rows - vip},
+            transitions={("unicom_vip", None, "silver"): vip},
+            parts={
+                "changes": PartEntry(file=f"c{bucket}", rows=0, sha256="0"),
+                "tier_assignments": PartEntry(file=f"t{bucket}", rows=rows, sha256="0"),
+            },
+            changes_by_program={"unicom_vip": vip} if vip else {},
+            seconds={"evaluate": 0.5},
+        )
+
+    figures = MonthFigures.total([result(1, 10, 2), result(0, 5, 0)])  # results come in any order
+    assert figures.buckets == (0, 1)
+    assert (figures.rows_read, figures.rows_after_duplicates, figures.duplicates_collapsed) == (17, 15, 2)
+    assert figures.quarantine_rows_by_rule() == {"status_allowed_value": 2}
+    assert [(r.level, r.action, r.subscribers) for r in figures.summary_rows()] == [
+        ("silver", "new", 2),
+        (None, "none", 13),
+    ]
+    assert [(r.previous_level, r.level, r.members) for r in figures.transition_rows()] == [(None, "silver", 2)]
+    tables = figures.tables()
+    assert list(tables) == ["tier_assignments", "changes"]  # the published tables' order
+    assert [p.file for p in tables["tier_assignments"].parts] == ["t0", "t1"]  # bucket order
+    assert tables["tier_assignments"].rows == 15
+    assert figures.changes_by_program == {"unicom_vip": 2}
+    assert figures.seconds_summed() == {"evaluate": 1.0}
+    assert figures.guards(load_rulebook()).missing_subscribers == 0
+
+
+def test_after_one_bucket_fails_the_buckets_still_running_write_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bucket 0 fails while bucket 1 is evaluating; the run stops and removes its staging, and
+    bucket 1, going on afterwards, writes nothing: no part, no staging folder made again."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows import bucket
+    from flows import run_month as run_month_module
+    from tests.faults import InjectedFault
+
+    extracts = tmp_path / "x"
+    write_extract(extracts, "2024-01", [row(f"s{i:03d}") for i in range(60)])
+    store = tmp_path / "s"
+    entered, release = threading.Event(), threading.Event()
+    real_evaluate, real_validate = bucket.evaluate_bucket, bucket.validate_tables
+
+    def evaluate(job: bucket.BucketJob) -> bucket.BucketResult:
+        if job.bucket == 0:
+            assert entered.wait(60)
+            raise InjectedFault("bucket 0 failed")
+        return real_evaluate(job)
+
+    def slow_validate(*args: Any) -> None:
+        entered.set()  # bucket 1 started (its run was live) and is evaluating
+        assert release.wait(60)
+        real_validate(*args)
+
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = []
+
+    def map_threads(work: Any, jobs: Any) -> list[Any]:
+        futures.extend(pool.submit(work, job) for job in jobs)
+        return [future.result() for future in futures]  # the first failure stops the run, as Prefect's do
+
+    monkeypatch.setattr(run_month_module, "evaluate_bucket", evaluate)
+    monkeypatch.setattr(bucket, "validate_tables", slow_validate)
+    with pytest.raises(InjectedFault):
+        _run(store, extracts, "2024-01", None, buckets=2, map_buckets=map_threads)
+    assert Store(store).pending_publishes() == []
+    release.set()
+    pool.shutdown(wait=True)
+    with pytest.raises(bucket.RunCancelled, match="bucket 1 stopped: the run was cancelled"):
+        futures[1].result()
+    assert Store(store).pending_publishes() == []
+    assert not list((store / "_staging").rglob("*"))
