@@ -16,7 +16,7 @@ import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaError, SchemaErrors
 
-from schemas.contract import TIER_ASSIGNMENTS, Column, Table, published_tables
+from schemas.contract import TIER_ASSIGNMENTS, Column, Table
 
 
 def _checks(column: Column) -> list[pa.Check]:
@@ -54,10 +54,6 @@ def table_schema(table: Table) -> pa.DataFrameSchema:
         name=table.name,
         description=table.grain,
     )
-
-
-TABLE_MODELS: dict[str, pa.DataFrameSchema] = {name: table_schema(table) for name, table in published_tables().items()}
-"""Every published table's Pandera schema (default rulebook windows), by table name."""
 
 
 def _value_rule_breaks(table: Table) -> list[pl.Expr]:

@@ -9,7 +9,10 @@ import polars as pl
 import pytest
 
 from schemas.contract import ACTIONS, CARD_ISSUANCE, REASON_CODES, TIER_ASSIGNMENTS, published_tables
-from schemas.outputs import TABLE_MODELS, check_evaluated_subscribers, check_table
+from schemas.outputs import check_evaluated_subscribers, check_table, table_schema
+
+TABLE_MODELS = {name: table_schema(table) for name, table in published_tables().items()}
+"""Every published table's Pandera schema (default rulebook windows), by table name."""
 
 
 def tier_row(**overrides: object) -> dict[str, object]:
