@@ -40,16 +40,6 @@ from transforms.buckets import bucket_numbers
 _STRING, _BOOL, _DATE, _MONEY, _INT = STRING, BOOL, DATE, MONEY, INTEGER
 
 
-@dataclass(frozen=True)
-class ExtractFile:
-    """One file as read: its normalized rows and what the manifest should say about it."""
-
-    path: Path
-    rows: pl.DataFrame
-    sha256: str
-    ignored_columns: tuple[str, ...]
-
-
 def _value_type(arrow_type: pa.DataType) -> pa.DataType:
     return arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
 
@@ -172,19 +162,6 @@ def _normalize(table: pa.Table, *, month: dt.date, where: str) -> pl.DataFrame:
 
 def _ignored_columns(names: set[str]) -> tuple[str, ...]:
     return tuple(sorted(names - set(EXTRACT_COLUMNS) - {MONTH_COLUMN}))
-
-
-def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
-    """Read and normalize one whole extract file, or raise PipelineError naming the file and column."""
-    where = _where(path, root)
-    names = set(check_extract_schema(path, root=root).names)
-    wanted = [*EXTRACT_COLUMNS, *([MONTH_COLUMN] if MONTH_COLUMN in names else [])]
-    try:
-        table = pq.read_table(path, columns=wanted)
-    except (OSError, pa.ArrowException) as exc:
-        raise PipelineError(f"{where}: not a readable Parquet file ({exc})") from exc
-    rows = _normalize(table, month=month, where=where)
-    return ExtractFile(path=path, rows=rows, sha256=sha256_file(path), ignored_columns=_ignored_columns(names))
 
 
 @dataclass(frozen=True)

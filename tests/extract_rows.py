@@ -1,16 +1,47 @@
-"""Reading a month's extract whole, unbucketed, in read order: only tests need it (a run reads the
-extract once and splits it into buckets, :func:`billing_tiers.extract_io.split_extract_file`)."""
+"""Reading an extract file or a month's extract whole, unbucketed, in read order: only tests need it
+(a run reads the extract once, batch by batch, and splits it into buckets with
+:func:`billing_tiers.extract_io.split_extract_file`, through the same file checks and normalisation)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from billing_tiers.extract_io import read_extract_file
-from billing_tiers.store import extract_files
-from schemas.contract import ROW_ID, SOURCE_FILE, SOURCE_ROW
+from billing_tiers import extract_io
+from billing_tiers.errors import PipelineError
+from billing_tiers.store import extract_files, sha256_file
+from schemas.contract import EXTRACT_COLUMNS, MONTH_COLUMN, ROW_ID, SOURCE_FILE, SOURCE_ROW
+
+
+@dataclass(frozen=True)
+class ExtractFile:
+    """One file as read: its normalized rows and what the manifest would say about it."""
+
+    path: Path
+    rows: pl.DataFrame
+    sha256: str
+    ignored_columns: tuple[str, ...]
+
+
+def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
+    """Read and normalize one whole extract file, or raise PipelineError naming the file and column
+    (the checks and normalisation a run applies to each batch it splits)."""
+    where = extract_io._where(path, root)
+    names = set(extract_io.check_extract_schema(path, root=root).names)
+    wanted = [*EXTRACT_COLUMNS, *([MONTH_COLUMN] if MONTH_COLUMN in names else [])]
+    try:
+        table = pq.read_table(path, columns=wanted)
+    except (OSError, pa.ArrowException) as exc:
+        raise PipelineError(f"{where}: not a readable Parquet file ({exc})") from exc
+    rows = extract_io._normalize(table, month=month, where=where)
+    return ExtractFile(
+        path=path, rows=rows, sha256=sha256_file(path), ignored_columns=extract_io._ignored_columns(names)
+    )
 
 
 def read_month_rows(extracts: Path, month: dt.date) -> pl.DataFrame:

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.extract_io import read_extract_file
 from tests.extract_factory import EXTRACT_SCHEMA, row, write_extract
+from tests.extract_rows import read_extract_file
 
 MONTH = dt.date(2024, 3, 1)
 
