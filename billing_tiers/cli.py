@@ -22,7 +22,7 @@ import typer
 
 from billing_tiers import __version__, display
 from billing_tiers.errors import PipelineError
-from billing_tiers.months import month_label, parse_month
+from billing_tiers.months import parse_month
 from billing_tiers.override_cli import override_app, pending_for_status, print_pending
 from billing_tiers.service import DEFAULT_STORE, RunRequest
 from flows.dask_cluster import DASK_TIMEOUT_SECONDS
@@ -390,76 +390,45 @@ def status(
     ] = False,
     debug: DebugOption = False,
 ) -> None:
-    """List published months, their manifests, and any month that is stale, damaged or not yet run."""
-    from billing_tiers.history import store_status
+    """List published months, their manifests, any month that is stale or damaged (naming the file and
+    the command that repairs it), a run in progress, and months not yet run."""
+    from billing_tiers.health import store_health
     from billing_tiers.service import resolve_extracts
-    from billing_tiers.store import Store, extract_months
+    from billing_tiers.store import Store
 
     try:
         the_store = Store(store).require()
     except PipelineError as exc:
         display.error(str(exc))
         raise typer.Exit(3 if check else 2) from None
-    statuses = _guarded(debug, lambda: store_status(the_store))
-    pending_overrides, ledger_problem = pending_for_status(the_store)
-    pending = the_store.pending_publishes()
-    rejected = [month_label(m) for m in the_store.rejected_months()]
-    latest = statuses[-1].month if statuses else None
     try:
         extracts_root: Path | None = resolve_extracts(the_store, extracts)
     except PipelineError:
         extracts_root = None  # no folder recorded: "behind" cannot be judged
-    behind = (
-        [month_label(m) for m in extract_months(extracts_root) if latest is None or m > latest]
-        if extracts_root is not None
-        else []
-    )
-    rows = [
-        {
-            "billing_month": month_label(s.month),
-            "status": "ok" if s.healthy else s.problem,
-            "run_id": (s.manifest or {}).get("run_id"),
-            "built_from": ((s.manifest or {}).get("built_from") or {}).get("month"),
-            "created_at": (s.manifest or {}).get("created_at"),
-            "buckets": (s.manifest or {}).get("buckets"),
-            "tier_rows": ((s.manifest or {}).get("tables", {}).get("tier_assignments") or {}).get("rows"),
-            "quarantined": ((s.manifest or {}).get("tables", {}).get("quarantine") or {}).get("rows"),
-            "guards_overridden": ((s.manifest or {}).get("guards") or {}).get("overridden"),
-        }
-        for s in statuses
-    ]
+    health = _guarded(debug, lambda: store_health(the_store, extracts_root))
+    pending_overrides, ledger_problem = pending_for_status(the_store)
     if as_json:
-        report = {
-            "store": str(store),
-            "extracts": str(extracts_root) if extracts_root is not None else None,
-            "months": rows,
-            "behind": behind,
-            "rejected": rejected,
-            "interrupted_publishes": pending,
-            "pending_overrides": pending_overrides,
-            "override_ledger_problem": ledger_problem,
-        }
-        display.print_json(report)
+        display.print_json(
+            {
+                "store": str(store),
+                "extracts": str(extracts_root) if extracts_root is not None else None,
+                **health.as_json(),
+                "pending_overrides": pending_overrides,
+                "override_ledger_problem": ledger_problem,
+            }
+        )
     else:
         columns = ("billing_month", "status", "built_from", "run_id", "buckets", "tier_rows", "quarantined")
+        rows = [{**row, "status": row["status"].split(":")[0]} for row in health.month_rows()]  # details below
         display.table(f"store {store}", columns, ([row[c] for c in columns] for row in rows))
-        if not rows:
+        if not health.months:
             display.line("no month published yet")
         if extracts_root is None:
             display.line("extracts: none recorded (give --extracts, or record one with `billing-tiers init`)")
-        if behind:
-            display.line(
-                f"behind: extracts under {display.literal(extracts_root)} not yet published: {', '.join(behind)}"
-            )
-        for month in rejected:
-            display.line(
-                f"rejected: {month} was stopped by a guard; rows in "
-                f"{display.literal(the_store.rejected_file(parse_month(month)))}"
-            )
-        if pending:
-            display.line(f"interrupted publishes (finished by the next run or backfill): {', '.join(pending)}")
+        for text in health.notes(the_store, extracts_root):
+            display.line(display.literal(text))
         print_pending(pending_overrides, ledger_problem)
-    if check and (any(not s.healthy for s in statuses) or pending or behind or ledger_problem):
+    if check and (health.needs_attention or ledger_problem):
         raise typer.Exit(3)
 
 

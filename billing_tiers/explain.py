@@ -18,7 +18,7 @@ import polars as pl
 
 from billing_tiers.display import ABSENT, literal
 from billing_tiers.errors import PipelineError
-from billing_tiers.member import failing_condition, last_seen_attributes, why_held
+from billing_tiers.member import failing_condition, last_seen_attributes, quarantined_rows, why_held
 from billing_tiers.months import add_months, month_label
 from billing_tiers.store import Store
 from rulebook import AverageBillProgram, PaidSpendProgram, Rulebook
@@ -93,7 +93,7 @@ def explain_member(
     """Each program row of the subscriber in ``month`` explained, and the lines about the month's
     extract (quarantined row or absence). A subscriber with no tier row is a refusal."""
     label = month_label(month)
-    rows = store.read_table("tier_assignments", month).filter(pl.col("subscriber_id") == subscriber)
+    rows = store.scan_table("tier_assignments", month).filter(pl.col("subscriber_id") == subscriber).collect()
     if program:
         rows = rows.filter(pl.col("program") == program)
     if rows.height == 0:
@@ -103,7 +103,10 @@ def explain_member(
         )
     risks = {
         r["program"]: r
-        for r in store.read_table("at_risk", month).filter(pl.col("subscriber_id") == subscriber).iter_rows(named=True)
+        for r in store.scan_table("at_risk", month)
+        .filter(pl.col("subscriber_id") == subscriber)
+        .collect()
+        .iter_rows(named=True)
     }
     attributes = last_seen_attributes(store, month, subscriber)
     explained = []
@@ -133,7 +136,7 @@ def explain_member(
         explained.append(item)
     notes: list[str] = []
     if not explained[0].row["present"]:
-        quarantined = store.read_table("quarantine", month).filter(pl.col("subscriber_id") == subscriber)
+        quarantined = quarantined_rows(store, month, subscriber)
         for q in quarantined.iter_rows(named=True):
             notes.append(
                 f"  quarantined this month: rule {q['rule']} in {literal(q['source_file'])} row {q['source_row']}"

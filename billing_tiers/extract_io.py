@@ -45,16 +45,6 @@ from transforms.buckets import bucket_numbers
 _STRING, _BOOL, _DATE, _MONEY, _INT = STRING, BOOL, DATE, MONEY, INTEGER
 
 
-@dataclass(frozen=True)
-class ExtractFile:
-    """One file as read: its normalized rows and what the manifest should say about it."""
-
-    path: Path
-    rows: pl.DataFrame
-    sha256: str
-    ignored_columns: tuple[str, ...]
-
-
 def _value_type(arrow_type: pa.DataType) -> pa.DataType:
     return arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
 
@@ -368,22 +358,6 @@ def _normalize(table: pa.Table, *, month: dt.date, where: str) -> pl.DataFrame:
 
 def _ignored_columns(names: set[str]) -> tuple[str, ...]:
     return tuple(sorted(names - set(EXTRACT_COLUMNS) - {MONTH_COLUMN}))
-
-
-def read_extract_file(path: Path, *, month: dt.date, root: Path) -> ExtractFile:
-    """Read and normalize one whole extract file, or raise PipelineError naming the file and column.
-    The checksum is of the bytes parsed (one open, each byte read once)."""
-    where = _where(path, root)
-    with _opened(path, where) as (parquet, source):
-        schema = _check_schema(parquet.schema_arrow, where)
-        wanted = [*EXTRACT_COLUMNS, *([MONTH_COLUMN] if MONTH_COLUMN in schema.names else [])]
-        batches = [batch for _, batch in sorted(_batches(parquet, source, wanted, BATCH_ROWS), key=lambda b: b[0])]
-        table = (
-            pa.Table.from_batches(batches) if batches else pa.schema([schema.field(c) for c in wanted]).empty_table()
-        )
-        rows = _normalize(table, month=month, where=where)
-        sha256 = source.finish()
-    return ExtractFile(path=path, rows=rows, sha256=sha256, ignored_columns=_ignored_columns(set(schema.names)))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """One member as the store recorded it: every published month's tier rows, card events and
 quarantined rows, and why a level is held (for ``billing-tiers history`` and ``explain``).
 
-Reads only the store: the published table folders (predicate push-down keeps it to the member's row
-groups) and the month's state for the last-seen attributes.
+Reads only the store, and only the part files each month's manifest lists, every one checked
+against its checksum (:meth:`Store.scan_table`); a filter on the member then pushes down to its
+row groups. A month that is damaged stops the reading with one error naming the month and file.
 """
 
 from __future__ import annotations
@@ -25,39 +26,36 @@ class MemberHistory:
     quarantine: pl.DataFrame
 
 
-def _scan(store: Store, table: str, subscriber: str, program: str | None) -> pl.DataFrame:
-    folder = store.table_dir(table)
-    if not folder.is_dir() or not any(folder.glob("billing_month=*/*.parquet")):
-        return pl.DataFrame()
-    rows = pl.scan_parquet(folder / "billing_month=*" / "*.parquet", hive_partitioning=True).filter(
-        pl.col("subscriber_id") == subscriber
-    )
-    if program is not None and table != "quarantine":
-        rows = rows.filter(pl.col("program") == program)
-    return rows.collect().sort("billing_month")
+def _member_rows(store: Store, table: str, subscriber: str, program: str | None) -> pl.DataFrame:
+    """The member's rows of ``table`` in every published month, oldest first, with ``billing_month``."""
+    frames = []
+    for month in store.manifest_months():
+        rows = store.scan_table(table, month).filter(pl.col("subscriber_id") == subscriber)
+        if program is not None and table != "quarantine":
+            rows = rows.filter(pl.col("program") == program)
+        frames.append(rows.collect().with_columns(pl.lit(month_label(month)).alias("billing_month")))
+    frames = [frame for frame in frames if frame.height]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
 def member_history(store: Store, subscriber: str, program: str | None = None) -> MemberHistory:
     """Every published month of one subscriber (optionally one program), oldest first."""
-    published = {month_label(m) for m in store.manifest_months()}
-
-    def only_published(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.filter(pl.col("billing_month").cast(pl.String).is_in(published)) if frame.height else frame
-
     return MemberHistory(
-        tiers=only_published(_scan(store, "tier_assignments", subscriber, program)),
-        cards=only_published(_scan(store, "card_issuance", subscriber, program)),
-        quarantine=only_published(_scan(store, "quarantine", subscriber, None)),
+        tiers=_member_rows(store, "tier_assignments", subscriber, program),
+        cards=_member_rows(store, "card_issuance", subscriber, program),
+        quarantine=_member_rows(store, "quarantine", subscriber, None),
     )
 
 
 def last_seen_attributes(store: Store, month: dt.date, subscriber: str) -> dict[str, Any] | None:
     """The subscriber's attributes in the month's state (None when it is not in the state)."""
-    folder = store.month_dir("state", month)
-    if not folder.is_dir():
-        return None
-    rows = pl.scan_parquet(folder / "*.parquet").filter(pl.col("subscriber_id") == subscriber).collect()
+    rows = store.scan_table("state", month).filter(pl.col("subscriber_id") == subscriber).collect()
     return rows.row(0, named=True) if rows.height else None
+
+
+def quarantined_rows(store: Store, month: dt.date, subscriber: str) -> pl.DataFrame:
+    """The subscriber's rows of the month's extract that were quarantined, and the rule each broke."""
+    return store.scan_table("quarantine", month).filter(pl.col("subscriber_id") == subscriber).collect()
 
 
 def failing_condition(rulebook: Rulebook, program: str, attributes: dict[str, Any]) -> str | None:

@@ -192,7 +192,7 @@ def run_session(
             logger=logger,
             dry_run=request.command == "check",
             flow_run_id=flow_run_id,
-        )
+        ).as_dict()  # the typed manifest as the adapters hand it on (JSON-ready for Prefect and --json)
         manifests.append(manifest)
         session.listener.month_done(manifest, index, total)
         if after_month is not None and request.command != "check":

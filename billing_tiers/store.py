@@ -27,11 +27,13 @@ import ctypes
 import datetime as dt
 import errno
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +43,8 @@ from filelock import FileLock, Timeout
 
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import month_label, parse_month
-from schemas.contract import STORE_TABLES
+from schemas.contract import CHANGES, STORE_TABLES
+from schemas.manifest import DamagedManifest, Manifest, PartEntry, read_manifest_file
 
 MANIFEST_FILE = "manifest.json"
 MARKER_FILE = "billing-tiers-store.json"
@@ -50,6 +53,8 @@ STORE_FORMAT = 2
 """2: bucket part files per table-month, memberships carried in the state."""
 _STAGING = "_staging"
 _JOURNAL = "journal.json"
+_RUN_MARKER = "run.json"
+_DISCARDED = ".discarded-"
 _MONTH_DIR = re.compile(r"^billing_month=(\d{4}-\d{2})$")
 PARQUET_COMPRESSION: Literal["zstd"] = "zstd"
 PARQUET_COMPRESSION_LEVEL = 1
@@ -97,15 +102,19 @@ def part_name(bucket: int, tag: str) -> str:
     return f"part-{bucket:05d}-{tag}.parquet"
 
 
-def write_part(frame: pl.DataFrame, path: Path) -> dict[str, Any]:
-    """Write one part file durably; returns its manifest entry (file name, rows, SHA-256)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_part(frame: pl.DataFrame, path: Path, *, make_folder: bool = True) -> PartEntry:
+    """Write one part file durably; returns its manifest entry (file name, rows, SHA-256).
+
+    A run's buckets pass ``make_folder=False``: their folders are made by the run before they start,
+    so a bucket still running after its run removed its staging fails instead of recreating it."""
+    if make_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(
         path, compression=PARQUET_COMPRESSION, compression_level=PARQUET_COMPRESSION_LEVEL, statistics=True
     )
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
-    return {"file": path.name, "rows": frame.height, "sha256": sha256_file(path)}
+    return PartEntry(file=path.name, rows=frame.height, sha256=sha256_file(path))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -297,18 +306,44 @@ class Store:
         return self.root / ".lock.owner"
 
     def pending_publishes(self) -> list[str]:
+        """Runs with a staging folder: in progress, or left by a run that died (the next run tidies)."""
         folder = self.root / _STAGING
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
-    def read_manifest(self, month: dt.date) -> dict[str, Any] | None:
-        path = self.manifest_file(month)
+    def publishing_months(self) -> list[dt.date]:
+        """Months whose publish passed its commit point and is not finished (a journal in staging)."""
+        folder = self.root / _STAGING
+        months = []
+        for journal in sorted(folder.glob(f"*/{_JOURNAL}")) if folder.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError, KeyError, PipelineError):
+                months.append(parse_month(json.loads(journal.read_text(encoding="utf-8"))["month"]))
+        return sorted(set(months))
+
+    def lock_owner(self) -> LockOwner | None:
+        """Who holds (or last held, if it died) the writer lock, from ``.lock.owner``; None if nobody."""
         try:
-            loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+            text = self.lock_owner_file.read_text(encoding="utf-8").strip()
+        except OSError:
             return None
-        except (OSError, ValueError) as exc:
-            raise PipelineError(f"manifest {path}: unreadable: {exc}") from exc
+        return LockOwner.parse(text) if text else None
+
+    def load_manifest(self, month: dt.date) -> Manifest | DamagedManifest | None:
+        """The month's manifest, what makes it unusable, or None when there is none; never raises."""
+        return read_manifest_file(self.manifest_file(month), month=month_label(month))
+
+    def read_manifest(self, month: dt.date) -> Manifest | None:
+        """The month's manifest (None when there is none); a damaged one is a PipelineError naming it."""
+        loaded = self.load_manifest(month)
+        if isinstance(loaded, DamagedManifest):
+            raise PipelineError(f"month {month_label(month)}: {loaded.describe()}; {repair_hint(month)}")
         return loaded
+
+    def manifest(self, month: dt.date) -> Manifest:
+        """The manifest of a published month; a PipelineError when it is not published or damaged."""
+        manifest = self.read_manifest(month)
+        if manifest is None:
+            raise PipelineError(f"month {month_label(month)}: not published (no manifest in {self.root})")
+        return manifest
 
     def manifest_months(self) -> list[dt.date]:
         """Months with a manifest, oldest first."""
@@ -332,24 +367,42 @@ class Store:
                 months.append(parse_month(match.group(1)))
         return sorted(months)
 
-    def part_paths(self, table: str, month: dt.date, manifest: Mapping[str, Any]) -> list[tuple[Path, str]]:
-        """(path, sha256) of every part of a published table-month, bucket order, as its manifest says."""
-        entry = manifest.get("tables", {}).get(table)
-        if entry is None:
-            raise PipelineError(f"month {month_label(month)}: {table} is not in the manifest; rerun the month")
-        folder = self.month_dir(table, month)
-        return [(folder / part["file"], part["sha256"]) for part in entry["parts"]]
+    def part_paths(self, table: str, month: dt.date, manifest: Manifest) -> list[tuple[Path, str]]:
+        """(path, sha256) of every part of a published table-month, bucket order, as its manifest says.
 
-    def read_table(self, table: str, month: dt.date) -> pl.DataFrame:
-        """One published table-month (every part), checked against the month's manifest checksums."""
-        manifest = self.read_manifest(month)
-        if manifest is None:
-            raise PipelineError(f"month {month_label(month)}: not published (no manifest)")
+        A month published before every month had ``changes`` lists none: it has no part."""
+        entry = manifest.tables.get(table)
+        if entry is None:
+            if table == CHANGES.name:
+                return []
+            raise PipelineError(
+                f"month {month_label(month)}: manifest {self.manifest_file(month)} lists no table {table}; "
+                f"{repair_hint(month)}"
+            )
+        folder = self.month_dir(table, month)
+        return [(folder / part.file, part.sha256) for part in entry.parts]
+
+    def read_table(self, table: str, month: dt.date, manifest: Manifest | None = None) -> pl.DataFrame:
+        """One published table-month: the parts its manifest lists, each checked against its checksum."""
+        manifest = manifest or self.manifest(month)
         frames = [
             read_verified(path, sha256, table=table, month=month)
             for path, sha256 in self.part_paths(table, month, manifest)
         ]
-        return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
+        if not frames:
+            return CHANGES.empty() if table == CHANGES.name else pl.DataFrame()
+        return pl.concat(frames, how="vertical")
+
+    def scan_table(self, table: str, month: dt.date, manifest: Manifest | None = None) -> pl.LazyFrame:
+        """:meth:`read_table` as a lazy frame (for readers that want a few rows or columns): every part
+        is checked against its checksum first, then scanned, so filters and selections push down."""
+        manifest = manifest or self.manifest(month)
+        parts = self.part_paths(table, month, manifest)
+        for path, sha256 in parts:
+            verify_part(path, sha256, table=table, month=month)
+        if not parts:
+            return CHANGES.empty().lazy() if table == CHANGES.name else pl.LazyFrame()
+        return pl.scan_parquet([path for path, _ in parts], hive_partitioning=False)
 
     # ------------------------------------------------------------------ publish
 
@@ -357,68 +410,86 @@ class Store:
         self,
         month: dt.date,
         run_id: str,
-        manifest: dict[str, Any],
+        manifest: Manifest,
         *,
-        before_manifest: Callable[[], None] | None = None,
-    ) -> dict[str, Any]:
+        before_manifest: Callable[[Manifest], Manifest] | None = None,
+    ) -> Manifest:
         """Publish the month whose parts are staged under ``_staging/<run_id>``; returns the manifest.
 
-        ``manifest["tables"]`` names every staged part. ``before_manifest`` is called just before
-        the manifest is written (it may still update it, e.g. with the publish timing). Each step
-        passes through :func:`publish_checkpoint`.
+        ``manifest.tables`` names every staged part. ``before_manifest`` is called just before the
+        manifest is written and returns the manifest to write (e.g. with the publish timing). Each
+        step passes through :func:`publish_checkpoint`.
         """
         staging = self.staging_dir(run_id)
-        for table, entry in manifest["tables"].items():
+        for table, entry in manifest.tables.items():
             folder = self.staged_table_dir(run_id, table)
             folder.mkdir(parents=True, exist_ok=True)  # a table with no part is an empty folder
             staged = {p.name for p in folder.iterdir()}
-            expected = {part["file"] for part in entry["parts"]}
+            expected = {part.file for part in entry.parts}
             if staged != expected:
                 raise PipelineError(f"month {month_label(month)}: staged {table} parts do not match the run's record")
             _fsync_dir(folder)
             publish_checkpoint(f"staged:{table}")
         _fsync_dir(staging)
-        journal = {"month": month_label(month), "run_id": run_id, "manifest": manifest}
+        journal = {"month": month_label(month), "run_id": run_id, "manifest": manifest.as_dict()}
         publish_checkpoint("before_journal")
         _write_bytes_atomically(staging / _JOURNAL, json.dumps(journal, indent=2).encode())
         publish_checkpoint("after_journal")
-        self._roll_forward(staging, live_manifest=manifest, before_manifest=before_manifest)
-        return manifest
+        return self._roll_forward(staging, live_manifest=manifest, before_manifest=before_manifest)
 
     def _roll_forward(
         self,
         staging: Path,
         *,
-        live_manifest: dict[str, Any] | None = None,
-        before_manifest: Callable[[], None] | None = None,
-    ) -> None:
+        live_manifest: Manifest | None = None,
+        before_manifest: Callable[[Manifest], Manifest] | None = None,
+    ) -> Manifest:
         """Finish a committed publish; safe to repeat after a crash at any point inside it."""
         journal = json.loads((staging / _JOURNAL).read_text(encoding="utf-8"))
         month = parse_month(journal["month"])
-        manifest = live_manifest if live_manifest is not None else journal["manifest"]
+        manifest = live_manifest if live_manifest is not None else Manifest.model_validate(journal["manifest"])
         with contextlib.suppress(FileNotFoundError):
             self.manifest_file(month).unlink()
-        for table, entry in manifest["tables"].items():
+        for table, entry in manifest.tables.items():
             final = self.month_dir(table, month)
             staged = staging / "tables" / table
-            expected = {part["file"] for part in entry["parts"]}
+            expected = {part.file for part in entry.parts}
             published = {p.name for p in final.iterdir()} if final.is_dir() else None
             if published != expected:  # not swapped yet (after a swap, staged holds the old parts)
                 swap_in(staged, final)
             publish_checkpoint(f"moved:{table}")
         for table in STORE_TABLES:  # a table this run did not produce must not survive from an older run
-            if table not in manifest["tables"]:
+            if table not in manifest.tables:
                 shutil.rmtree(self.month_dir(table, month), ignore_errors=True)
         publish_checkpoint("before_manifest")
         if before_manifest is not None:
-            before_manifest()
-        _write_bytes_atomically(self.manifest_file(month), json.dumps(manifest, indent=2).encode())
+            manifest = before_manifest(manifest)
+        _write_bytes_atomically(self.manifest_file(month), manifest.to_json())
         publish_checkpoint("after_manifest")
         shutil.rmtree(staging)
+        return manifest
+
+    def run_marker(self, run_id: str) -> Path:
+        """The file that says a run's staging is live: its buckets write only while it exists."""
+        return self.staging_dir(run_id) / _RUN_MARKER
+
+    def open_staging(self, run_id: str, month: dt.date) -> None:
+        """Create a run's staging folder and its live marker (before any bucket starts)."""
+        marker = {"run_id": run_id, "month": month_label(month), "pid": os.getpid()}
+        _write_bytes_atomically(self.run_marker(run_id), json.dumps(marker).encode())
 
     def discard(self, run_id: str) -> None:
-        """Remove a run's staging folder (a run that publishes nothing)."""
-        shutil.rmtree(self.staging_dir(run_id), ignore_errors=True)
+        """Remove a run's staging folder (a run that publishes nothing).
+
+        The folder is first renamed aside in one step, so a bucket still running elsewhere finds its
+        live marker and folders gone at once and writes nothing more; then it is removed."""
+        staging = self.staging_dir(run_id)
+        aside = staging.with_name(f"{_DISCARDED}{run_id}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(staging, aside)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
 
     def recover(self) -> list[str]:
         """Finish publishes that passed their commit point; drop staging debris. Returns what it did."""
@@ -471,14 +542,80 @@ def run_tag(run_id: str) -> str:
     return hashlib.sha256(run_id.encode()).hexdigest()[:8]
 
 
+def repair_hint(month: dt.date) -> str:
+    """How a damaged published month is repaired (SPEC 8): the command ``status`` names too."""
+    return f"repair it with `billing-tiers backfill --from {month_label(month)}`"
+
+
+def _checksum_error(path: Path, *, table: str, month: dt.date) -> PipelineError:
+    return PipelineError(
+        f"month {month_label(month)}: {table} part {path} does not match its manifest checksum; {repair_hint(month)}"
+    )
+
+
+def _missing_error(path: Path, *, table: str, month: dt.date) -> PipelineError:
+    return PipelineError(f"month {month_label(month)}: {table} part {path} is missing; {repair_hint(month)}")
+
+
+def verify_part(path: Path, sha256: str, *, table: str, month: dt.date) -> None:
+    """Refuse a part file of a published ``month`` that is missing or whose bytes do not match the
+    checksum its manifest recorded; the error names the month, the table and the file."""
+    try:
+        actual = sha256_file(path)
+    except FileNotFoundError:
+        raise _missing_error(path, table=table, month=month) from None
+    if actual != sha256:
+        raise _checksum_error(path, table=table, month=month)
+
+
 def read_verified(path: Path, sha256: str | None, *, table: str, month: dt.date) -> pl.DataFrame:
-    """Read a part file, refusing one whose bytes do not match the checksum its manifest recorded."""
+    """Read a part file of ``month``, refusing one whose bytes do not match the checksum its manifest
+    recorded (``sha256`` None: a file this run made). The checksum is of the bytes actually parsed."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise PipelineError(f"month {month_label(month)}: {table} part {path.name} is missing; rerun it") from None
+        raise _missing_error(path, table=table, month=month) from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise PipelineError(f"month {month_label(month)}: {table} does not match its manifest; rerun it")
-    import io
+        raise _checksum_error(path, table=table, month=month)
+    try:
+        return pl.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # a file this run made and cannot read back is as damaged as a wrong checksum
+        raise PipelineError(
+            f"month {month_label(month)}: {table} part {path} is not readable Parquet ({exc}); {repair_hint(month)}"
+        ) from exc
 
     return pl.read_parquet(io.BytesIO(data))
+
+
+_OWNER = re.compile(r"^pid (?P<pid>\d+), (?P<command>.*), since (?P<since>.+)$")
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    """What ``.lock.owner`` says: the process holding the writer lock, its command and start time.
+
+    The file is removed when the lock is released; a file left behind names a process that died."""
+
+    text: str
+    pid: int | None = None
+    command: str | None = None
+    since: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> LockOwner:
+        match = _OWNER.match(text)
+        if match is None:
+            return cls(text=text)
+        return cls(text=text, pid=int(match["pid"]), command=match["command"], since=match["since"])
+
+    def alive(self) -> bool:
+        """The owning process still runs (on this machine); False when it died or is unknown."""
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # it exists, owned by another user
+            return True
+        return True

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 from pandera.errors import SchemaError, SchemaErrors
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.extract_io import FILE_INDEX, read_extract_file
+from billing_tiers.extract_io import FILE_INDEX
 from billing_tiers.months import month_end, month_label
-from billing_tiers.store import extract_files, part_name, read_verified, write_part
+from billing_tiers.store import part_name, read_verified, write_part
 from rulebook import Rulebook
 from schemas.contract import (
     CHANGES,
@@ -32,24 +32,36 @@ from schemas.contract import (
     ROW_ID,
     SOURCE_FILE,
     SOURCE_ROW,
+    STORE_TABLES,
     TIER_ASSIGNMENTS,
     published_tables,
     state_table,
 )
 from schemas.extract import extract_rules, required_rule
+from schemas.manifest import PartEntry, SummaryRow, TableEntry, TransitionRow
 from schemas.outputs import check_evaluated_subscribers, check_table
 from transforms.changes import tier_changes
 from transforms.evaluate import evaluate_month
 from transforms.extract import collapse_duplicates, conflicting_row_ids, presence, quarantine_table, visible_details
-from transforms.guards import missing_subscribers
+from transforms.guards import GuardFigures, missing_subscribers
 
 
 @dataclass(frozen=True)
 class PartRef:
-    """A part file to read, with the checksum its manifest recorded (None: made by this run)."""
+    """A part file to read: a published month's part with the checksum its manifest recorded, or a
+    piece this run made (``sha256`` None). ``month`` and ``table`` name it when it is damaged."""
 
     path: Path
     sha256: str | None
+    month: dt.date
+    table: str
+
+    def read(self) -> pl.DataFrame:
+        return read_verified(self.path, self.sha256, table=self.table, month=self.month)
+
+
+class RunCancelled(PipelineError):
+    """The run this bucket belongs to has stopped (another bucket failed): write nothing more."""
 
 
 @dataclass(frozen=True)
@@ -66,17 +78,31 @@ class BucketJob:
     previous: dict[str, tuple[PartRef, ...]]
     """Carried table name -> the parts of the previous month that belong to this bucket."""
     staged_dirs: dict[str, Path]
-    """Published table name -> the staging folder its part goes to."""
+    """Published table name -> the staging folder its part goes to (made by the run, never by a bucket)."""
     missing_dir: Path
     """Scratch folder for the ids of the previous extract missing from this one (for the operator)."""
+    run_marker: Path
+    """The run's live marker: a bucket starts and writes only while it exists (see ``Store.discard``)."""
     tag: str
     rulebook: Rulebook
     replaced: tuple[PartRef, ...] | None = None
-    """The bucket's share of the month's tier rows as published before (None: not published yet)."""
+    """The bucket's share of the month's tier rows as published before; None when the month was not
+    published before or that version cannot be read (its ``changes`` part is then empty)."""
 
     @property
     def label(self) -> str:
         return f"{month_label(self.month)}-b{self.bucket:03d}"
+
+    def check_live(self) -> None:
+        """Raise :class:`RunCancelled` when the run has stopped: its staging is gone."""
+        if not self.run_marker.is_file():
+            raise RunCancelled(f"month {month_label(self.month)}: bucket {self.bucket} stopped: the run was cancelled")
+
+
+SummaryKey = tuple[str, str | None, str]
+"""(program, level, action)"""
+TransitionKey = tuple[str, str | None, str | None]
+"""(program, previous level, level)"""
 
 
 @dataclass
@@ -90,11 +116,118 @@ class BucketResult:
     quarantine_by_rule: dict[str, int]
     previous_subscribers: int
     missing_subscribers: int
-    summary: list[dict[str, Any]]
-    transitions: list[dict[str, Any]]
-    parts: dict[str, dict[str, Any]]
-    changes_by_program: dict[str, int] | None
+    summary: dict[SummaryKey, int]
+    transitions: dict[TransitionKey, int]
+    parts: dict[str, PartEntry]
+    changes_by_program: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MonthFigures:
+    """What the buckets of a month report, summed: the guard figures, the manifest's counts and every
+    table's parts in bucket order. ``MonthFigures.total(results)`` adds :meth:`of` each result."""
+
+    buckets: tuple[int, ...] = ()
+    rows_read: int = 0
+    rows_after_duplicates: int = 0
+    quarantined_rows: int = 0
+    previous_subscribers: int = 0
+    missing_subscribers: int = 0
+    quarantine_by_rule: Counter[str] = field(default_factory=Counter)
+    summary: Counter[SummaryKey] = field(default_factory=Counter)
+    transitions: Counter[TransitionKey] = field(default_factory=Counter)
+    changes_by_program: Counter[str] = field(default_factory=Counter)
+    bucket_seconds: Counter[str] = field(default_factory=Counter)
+    parts: dict[str, tuple[PartEntry, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, result: BucketResult) -> MonthFigures:
+        return cls(
+            buckets=(result.bucket,),
+            rows_read=result.rows_read,
+            rows_after_duplicates=result.rows_after_duplicates,
+            quarantined_rows=result.quarantined_rows,
+            previous_subscribers=result.previous_subscribers,
+            missing_subscribers=result.missing_subscribers,
+            quarantine_by_rule=Counter(result.quarantine_by_rule),
+            summary=Counter(result.summary),
+            transitions=Counter(result.transitions),
+            changes_by_program=Counter(result.changes_by_program),
+            bucket_seconds=Counter(result.seconds),
+            parts={table: (part,) for table, part in result.parts.items()},
+        )
+
+    def __add__(self, other: MonthFigures) -> MonthFigures:
+        tables = [*self.parts, *(t for t in other.parts if t not in self.parts)]
+        return MonthFigures(
+            buckets=self.buckets + other.buckets,
+            rows_read=self.rows_read + other.rows_read,
+            rows_after_duplicates=self.rows_after_duplicates + other.rows_after_duplicates,
+            quarantined_rows=self.quarantined_rows + other.quarantined_rows,
+            previous_subscribers=self.previous_subscribers + other.previous_subscribers,
+            missing_subscribers=self.missing_subscribers + other.missing_subscribers,
+            quarantine_by_rule=self.quarantine_by_rule + other.quarantine_by_rule,
+            summary=self.summary + other.summary,
+            transitions=self.transitions + other.transitions,
+            changes_by_program=self.changes_by_program + other.changes_by_program,
+            bucket_seconds=self.bucket_seconds + other.bucket_seconds,
+            parts={t: self.parts.get(t, ()) + other.parts.get(t, ()) for t in tables},
+        )
+
+    @classmethod
+    def total(cls, results: Iterable[BucketResult]) -> MonthFigures:
+        """Every bucket's figures summed, parts in bucket order."""
+        figures = cls()
+        for result in sorted(results, key=lambda r: r.bucket):
+            figures += cls.of(result)
+        return figures
+
+    @property
+    def duplicates_collapsed(self) -> int:
+        return self.rows_read - self.rows_after_duplicates
+
+    def guards(self, rulebook: Rulebook) -> GuardFigures:
+        return GuardFigures(
+            rows_after_duplicates=self.rows_after_duplicates,
+            quarantined_rows=self.quarantined_rows,
+            previous_subscribers=self.previous_subscribers,
+            missing_subscribers=self.missing_subscribers,
+            max_quarantine_ratio=rulebook.guards.max_quarantine_ratio,
+            max_missing_ratio=rulebook.guards.max_missing_ratio,
+        )
+
+    def quarantine_rows_by_rule(self) -> dict[str, int]:
+        return dict(sorted(self.quarantine_by_rule.items()))
+
+    def summary_rows(self) -> list[SummaryRow]:
+        """Subscribers per (program, level, action); nulls last within a program, like Polars."""
+        order = lambda key: (key[0], key[1] is None, key[1] or "", key[2])  # noqa: E731
+        return [
+            SummaryRow(program=program, level=level, action=action, subscribers=self.summary[(program, level, action)])
+            for program, level, action in sorted(self.summary, key=order)
+        ]
+
+    def transition_rows(self) -> list[TransitionRow]:
+        """Members per (program, previous level, level): the report's transition matrices."""
+        order = lambda key: (key[0], key[1] or "", key[2] or "")  # noqa: E731
+        return [
+            TransitionRow(program=program, previous_level=before, level=after, members=self.transitions[key])
+            for key in sorted(self.transitions, key=order)
+            for program, before, after in [key]
+        ]
+
+    def tables(self) -> dict[str, TableEntry]:
+        """Every table's rows and parts, in the order of the published tables."""
+        order = [*STORE_TABLES, *sorted(set(self.parts) - set(STORE_TABLES))]
+        return {
+            table: TableEntry(rows=sum(part.rows for part in self.parts[table]), parts=list(self.parts[table]))
+            for table in order
+            if table in self.parts
+        }
+
+    def seconds_summed(self) -> dict[str, float]:
+        return {name: round(value, 3) for name, value in sorted(self.bucket_seconds.items())}
 
 
 @dataclass
@@ -184,20 +317,6 @@ def clean_rows(rows: pl.DataFrame, month: dt.date) -> CleanRows:
     )
 
 
-def read_month_rows(extracts: Path, month: dt.date) -> pl.DataFrame:
-    """Every row of a month's extract in read order, unbucketed (for tools and tests)."""
-    frames = []
-    for path in extract_files(extracts, month):
-        read = read_extract_file(path, month=month, root=extracts)
-        frames.append(
-            read.rows.with_columns(
-                pl.lit(str(path.relative_to(extracts))).alias(SOURCE_FILE),
-                pl.int_range(pl.len(), dtype=pl.Int64).alias(SOURCE_ROW),
-            )
-        )
-    return pl.concat(frames).with_row_index(ROW_ID)
-
-
 def _bucket_rows(job: BucketJob) -> pl.DataFrame:
     """This bucket's extract rows in the month's read order (file, then row in file)."""
     pieces = sorted(job.extract_dir.glob("*.parquet")) if job.extract_dir.is_dir() else []
@@ -212,9 +331,8 @@ def _bucket_rows(job: BucketJob) -> pl.DataFrame:
     )
 
 
-def _read_previous(job: BucketJob, table: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    frames = [read_verified(ref.path, ref.sha256, table=table, month=job.month) for ref in job.previous.get(table, ())]
-    frames = [frame for frame in frames if frame.height]
+def _read_parts(refs: Iterable[PartRef], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    frames = [frame for frame in (ref.read() for ref in refs) if frame.height]
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
@@ -222,7 +340,7 @@ def _read_previous_state(job: BucketJob) -> pl.DataFrame:
     """The bucket's previous state; a state written with another window length keeps its columns
     (the month's evaluation slides whatever window it finds)."""
     empty = state_table(job.rulebook.metrics.window_months, tuple(job.rulebook.enabled_programs()))
-    return _read_previous(job, empty.name, empty.schema)
+    return _read_parts(job.previous.get(empty.name, ()), empty.schema)
 
 
 def validate_tables(tables: dict[str, pl.DataFrame], month: dt.date, rulebook: Rulebook) -> None:
@@ -242,8 +360,22 @@ def validate_tables(tables: dict[str, pl.DataFrame], month: dt.date, rulebook: R
             )
 
 
+def _changes(job: BucketJob, tier: pl.DataFrame) -> pl.DataFrame:
+    """The month's tier rows that differ from the version it replaces; empty (with its schema) when
+    the month was not published before or that version could not be read."""
+    if job.replaced is None:
+        return CHANGES.empty()
+    old = _read_parts(job.replaced, TIER_ASSIGNMENTS.schema)
+    if old.height == 0:
+        old = TIER_ASSIGNMENTS.empty()
+    return tier_changes(before=old.lazy(), after=tier.lazy()).collect()
+
+
 def evaluate_bucket(job: BucketJob) -> BucketResult:
-    """Clean, evaluate, validate and stage one bucket of one month."""
+    """Clean, evaluate, validate and stage one bucket of one month.
+
+    The bucket writes only while its run is live (:meth:`BucketJob.check_live`): when another
+    bucket failed and the run removed its staging, it stops instead of writing into it."""
     seconds: dict[str, float] = {}
 
     @contextmanager
@@ -252,17 +384,15 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
         yield
         seconds[step] = round(seconds.get(step, 0.0) + time.perf_counter() - started, 3)
 
+    job.check_live()
     with timed("clean_extract"):
         clean = clean_rows(_bucket_rows(job), job.month)
     with timed("load_previous_state"):
         state = _read_previous_state(job)
-        previous_presence = _read_previous(job, EXTRACT_PRESENCE.name, EXTRACT_PRESENCE.schema)
+        previous_presence = _read_parts(job.previous.get(EXTRACT_PRESENCE.name, ()), EXTRACT_PRESENCE.schema)
         missing = missing_subscribers(
             previous_ids=previous_presence.lazy(), current_ids=clean.presence.lazy()
         ).collect()
-        if missing.height:
-            job.missing_dir.mkdir(parents=True, exist_ok=True)
-            missing.write_parquet(job.missing_dir / part_name(job.bucket, job.tag))
     with timed("evaluate"):
         evaluated = evaluate_month(
             valid_rows=clean.valid_rows.lazy(),
@@ -280,22 +410,18 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
             "state": next_state,
             "memberships": next_memberships,
             "extract_presence": clean.presence,
+            "changes": _changes(job, tier),
         }
-        summary = tier.group_by("program", "level", "action").agg(pl.len().alias("subscribers")).to_dicts()
-        transitions = tier.group_by("program", "previous_level", "level").agg(pl.len().alias("members")).to_dicts()
-        changes_by_program = None
-        if job.replaced is not None:
-            before = [
-                read_verified(ref.path, ref.sha256, table="tier_assignments", month=job.month) for ref in job.replaced
-            ]
-            old = pl.concat([frame for frame in before if frame.height] or [TIER_ASSIGNMENTS.empty()])
-            tables["changes"] = tier_changes(before=old.lazy(), after=tier.lazy()).collect()
-            changes_by_program = dict(tables["changes"].group_by("program").len().iter_rows())
+        summary = tier.group_by("program", "level", "action").agg(pl.len().alias("subscribers"))
+        transitions = tier.group_by("program", "previous_level", "level").agg(pl.len().alias("members"))
     with timed("validate_outputs"):
         validate_tables(tables, job.month, job.rulebook)
     with timed("write_parts"):
+        job.check_live()
+        if missing.height:
+            missing.write_parquet(job.missing_dir / part_name(job.bucket, job.tag))
         parts = {
-            name: write_part(frame, job.staged_dirs[name] / part_name(job.bucket, job.tag))
+            name: write_part(frame, job.staged_dirs[name] / part_name(job.bucket, job.tag), make_folder=False)
             for name, frame in tables.items()
         }
     assert set(parts) >= set(published_tables())
@@ -307,9 +433,9 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
         quarantine_by_rule=clean.quarantine_by_rule,
         previous_subscribers=previous_presence.height,
         missing_subscribers=missing.height,
-        summary=summary,
-        transitions=transitions,
+        summary={(p, lv, a): n for p, lv, a, n in summary.iter_rows()},
+        transitions={(p, before, after): n for p, before, after, n in transitions.iter_rows()},
         parts=parts,
-        changes_by_program=changes_by_program,
+        changes_by_program=dict(tables["changes"].group_by("program").len().iter_rows()),
         seconds=seconds,
     )

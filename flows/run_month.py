@@ -16,9 +16,9 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,21 @@ import pyarrow.parquet as pq
 from billing_tiers import __version__
 from billing_tiers.errors import PipelineError
 from billing_tiers.extract_io import SplitFile, split_extract_file
+from billing_tiers.health import table_damage
 from billing_tiers.months import month_label
-from billing_tiers.store import Store, extract_files, read_verified, run_tag
-from flows.bucket import BucketJob, BucketResult, PartRef, evaluate_bucket
+from billing_tiers.store import Store, extract_files, run_tag
+from flows.bucket import BucketJob, BucketResult, MonthFigures, PartRef, evaluate_bucket
 from rulebook import Rulebook
 from schemas.contract import CARRIED_TABLES, QUARANTINE, STORE_TABLES, TIER_ASSIGNMENTS
+from schemas.manifest import (
+    MANIFEST_FORMAT_VERSION,
+    BuiltFrom,
+    DamagedManifest,
+    GuardRecord,
+    InputFile,
+    Manifest,
+    RulebookRecord,
+)
 from transforms.buckets import bucket_numbers
 from transforms.guards import GuardFigures
 
@@ -60,7 +70,7 @@ def new_run_id(month: dt.date) -> str:
 def _parts_by_bucket(
     store: Store,
     month: dt.date,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     tables: Sequence[str],
     buckets: int,
     run_id: str,
@@ -73,13 +83,13 @@ def _parts_by_bucket(
     at a time, so a change of bucket count costs one pass and no more memory than a part."""
     per_bucket: list[dict[str, tuple[PartRef, ...]]] = [{} for _ in range(buckets)]
     for table in tables:
-        parts = store.part_paths(table, month, manifest)
-        if manifest.get("buckets") == buckets and len(parts) == buckets:
-            for bucket, (path, sha256) in enumerate(parts):
-                per_bucket[bucket][table] = (PartRef(path, sha256),)
+        parts = [PartRef(path, sha256, month, table) for path, sha256 in store.part_paths(table, month, manifest)]
+        if manifest.buckets == buckets and len(parts) == buckets:
+            for bucket, part in enumerate(parts):
+                per_bucket[bucket][table] = (part,)
             continue
-        for index, (path, sha256) in enumerate(parts):
-            frame = read_verified(path, sha256, table=table, month=month)
+        for index, part in enumerate(parts):
+            frame = part.read()
             numbers = bucket_numbers(frame["subscriber_id"], buckets)
             split = frame.with_columns(numbers.alias("_bucket")).partition_by(
                 "_bucket", as_dict=True, include_key=False
@@ -91,7 +101,7 @@ def _parts_by_bucket(
         for bucket in range(buckets):
             folder = scratch.scratch_previous_dir(run_id, table, bucket)
             pieces = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-            per_bucket[bucket][table] = tuple(PartRef(piece, None) for piece in pieces)
+            per_bucket[bucket][table] = tuple(PartRef(piece, None, month, table) for piece in pieces)
     return per_bucket
 
 
@@ -140,36 +150,251 @@ class GuardError(PipelineError):
         self.rejected = rejected
 
 
-def _quarantine_by_rule(results: list[BucketResult]) -> dict[str, int]:
-    by_rule: Counter[str] = Counter()
-    for result in results:
-        by_rule.update(result.quarantine_by_rule)
-    return dict(sorted(by_rule.items()))
+@dataclass(frozen=True)
+class ReplacedVersion:
+    """The published version of the month a run replaces: readable (its tier rows give ``changes``)
+    or not, and then why; the rerun never depends on reading a damaged version (SPEC 8)."""
+
+    manifest: Manifest | None
+    run_id: str | None = None
+    unreadable: str | None = None
 
 
-def _transitions(results: list[BucketResult]) -> list[dict[str, Any]]:
-    """Members per (program, previous level, level), summed over buckets (the report's matrix)."""
-    counts: Counter[tuple[str, str | None, str | None]] = Counter()
-    for result in results:
-        for row in result.transitions:
-            counts[(row["program"], row["previous_level"], row["level"])] += row["members"]
-    order = lambda key: (key[0], key[1] or "", key[2] or "")  # noqa: E731
+def replaced_version(store: Store, month: dt.date) -> ReplacedVersion | None:
+    """The month's published version, None when it was never published. Its manifest and its tier
+    rows (what ``changes`` compares with) are checked, checksums included, before the run uses them."""
+    loaded = store.load_manifest(month)
+    if loaded is None:
+        if any(any(store.month_dir(table, month).glob("*.parquet")) for table in STORE_TABLES):
+            missing = store.manifest_file(month)
+            return ReplacedVersion(None, unreadable=f"tables without a manifest ({missing} is missing)")
+        return None
+    if isinstance(loaded, DamagedManifest):
+        return ReplacedVersion(None, unreadable=loaded.describe())
+    damage = table_damage(store, month, loaded, tables=[TIER_ASSIGNMENTS.name])
+    if damage is not None:
+        return ReplacedVersion(None, run_id=loaded.run_id, unreadable=damage.problem.removeprefix("incomplete: "))
+    return ReplacedVersion(loaded, run_id=loaded.run_id)
+
+
+def previous_month(store: Store, month: dt.date, build_on: dt.date | None) -> Manifest | None:
+    """The manifest of the published month the run builds on (None: an empty state)."""
+    if build_on is None:
+        return None
+    manifest = store.read_manifest(build_on)  # a damaged one is refused, naming build_on and the file
+    if manifest is None:
+        raise PipelineError(f"month {month_label(month)}: the state of {month_label(build_on)} is not published")
+    return manifest
+
+
+@dataclass
+class _Run:
+    """One run of one month: where it reads and writes, its id, and the timings of its steps."""
+
+    store: Store
+    """The store the history is read from."""
+    target: Store
+    """The store the month is staged and published into (``store`` except for ``simulate``)."""
+    month: dt.date
+    run_id: str
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def label(self) -> str:
+        return month_label(self.month)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - started, 3)
+
+
+def _split_extract(run: _Run, extracts: Path, buckets: int | None) -> tuple[int, list[SplitFile]]:
+    """Read the month's extract once, splitting its rows into each bucket's scratch folder."""
+    files = extract_files(extracts, run.month)
+    count = buckets or automatic_buckets(sum(pq.ParquetFile(p).metadata.num_rows for p in files))
+    split = [
+        split_extract_file(
+            path,
+            month=run.month,
+            root=extracts,
+            file_index=index,
+            buckets=count,
+            bucket_dir=lambda bucket: run.target.scratch_extract_dir(run.run_id, bucket),
+        )
+        for index, path in enumerate(files)
+    ]
+    if sum(f.rows for f in split) == 0:
+        raise PipelineError(f"month {run.label}: the extract has no rows")
+    return count, split
+
+
+def _bucket_jobs(
+    run: _Run,
+    count: int,
+    split: list[SplitFile],
+    build_on: dt.date | None,
+    previous: Manifest | None,
+    replaced: ReplacedVersion | None,
+    rulebook: Rulebook,
+) -> list[BucketJob]:
+    """One job per bucket, with its share of the previous month and of the version it replaces.
+    Every folder a bucket writes to is made here: a bucket never makes one (see ``Store.discard``)."""
+    target, run_id = run.target, run.run_id
+    carried: list[dict[str, tuple[PartRef, ...]]] = [{} for _ in range(count)]
+    if build_on is not None and previous is not None:
+        carried = _parts_by_bucket(run.store, build_on, previous, CARRIED_TABLES, count, run_id, target)
+    old_tiers: list[tuple[PartRef, ...]] | None = None
+    if replaced is not None and replaced.manifest is not None:
+        shares = _parts_by_bucket(
+            run.store, run.month, replaced.manifest, [TIER_ASSIGNMENTS.name], count, run_id, target
+        )
+        old_tiers = [share.get(TIER_ASSIGNMENTS.name, ()) for share in shares]
+    staged_dirs = {table: target.staged_table_dir(run_id, table) for table in STORE_TABLES}
+    for folder in [*staged_dirs.values(), target.scratch_missing_dir(run_id)]:
+        folder.mkdir(parents=True, exist_ok=True)
     return [
-        {"program": program, "previous_level": before, "level": after, "members": counts[(program, before, after)]}
-        for program, before, after in sorted(counts, key=order)
+        BucketJob(
+            month=run.month,
+            bucket=bucket,
+            buckets=count,
+            extract_dir=target.scratch_extract_dir(run_id, bucket),
+            source_files=tuple(f.file for f in split),
+            previous=carried[bucket],
+            staged_dirs=staged_dirs,
+            missing_dir=target.scratch_missing_dir(run_id),
+            run_marker=target.run_marker(run_id),
+            replaced=old_tiers[bucket] if old_tiers is not None else None,
+            tag=run_tag(run_id),
+            rulebook=rulebook,
+        )
+        for bucket in range(count)
     ]
 
 
-def _summary(results: list[BucketResult]) -> list[dict[str, Any]]:
-    counts: Counter[tuple[str, str | None, str]] = Counter()
-    for result in results:
-        for row in result.summary:
-            counts[(row["program"], row["level"], row["action"])] += row["subscribers"]
-    order = lambda key: (key[0], key[1] is None, key[1] or "", key[2])  # noqa: E731 - nulls last, like Polars
-    return [
-        {"program": program, "level": level, "action": action, "subscribers": counts[(program, level, action)]}
-        for program, level, action in sorted(counts, key=order)
-    ]
+def _check_guards(run: _Run, figures: MonthFigures, rulebook: Rulebook, override_guards: bool) -> GuardFigures:
+    """The guard figures; a :class:`GuardError` (rows rejected for the operator) when one breaks and
+    the operator did not override it."""
+    guards = figures.guards(rulebook)
+    breaches = guards.breaches()
+    if breaches and not override_guards:
+        rejected = _write_rejected(run.target, run.run_id, run.month)
+        raise GuardError(
+            f"month {run.label}: guard failed, nothing published: {'; '.join(breaches)}; "
+            f"rejected rows in {rejected} (rerun with --override-guards to publish anyway)",
+            guards=guards,
+            quarantine_by_rule=figures.quarantine_rows_by_rule(),
+            rejected=rejected,
+        )
+    shutil.rmtree(run.target.rejected_file(run.month).parent, ignore_errors=True)  # the guards hold now
+    for breach in breaches:
+        run.log.warning("month %s: guard overridden by the operator: %s", run.label, breach)
+    return guards
+
+
+def _manifest(
+    run: _Run,
+    *,
+    extracts: Path,
+    split: list[SplitFile],
+    figures: MonthFigures,
+    guards: GuardFigures,
+    override_guards: bool,
+    build_on: dt.date | None,
+    previous: Manifest | None,
+    replaced: ReplacedVersion | None,
+    rulebook: Rulebook,
+    rulebook_path: Path | None,
+    dry_run: bool,
+    flow_run_id: str | None,
+) -> Manifest:
+    """The month's manifest from what the run read and what its buckets reported; logs what an
+    operator should notice (a changed rulebook, duplicates, ignored columns, an unreadable version)."""
+    label = run.label
+    rulebook_changed = previous is not None and previous.rulebook.sha256 != rulebook.checksum
+    if rulebook_changed and previous is not None:
+        run.log.warning("month %s: the rulebook differs from the one %s was built with", label, previous.billing_month)
+    ignored = sorted({column for f in split for column in f.ignored_columns})
+    if figures.duplicates_collapsed:
+        run.log.warning("month %s: %s exact duplicate rows collapsed to one copy", label, figures.duplicates_collapsed)
+    if ignored:
+        run.log.warning("month %s: ignored columns not in the contract: %s", label, ", ".join(ignored))
+    if replaced is not None and replaced.unreadable:
+        run.log.warning(
+            "month %s: the published version could not be read (%s): its changes are empty", label, replaced.unreadable
+        )
+    breaches = guards.breaches()
+    return Manifest(
+        format_version=MANIFEST_FORMAT_VERSION,
+        billing_month=label,
+        run_id=run.run_id,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        code_version=code_version(),
+        prefect_flow_run_id=flow_run_id,
+        built_from=BuiltFrom(
+            month=month_label(build_on) if build_on else None, run_id=previous.run_id if previous else None
+        ),
+        buckets=len(figures.buckets),
+        extracts=str(extracts),
+        rulebook=RulebookRecord(
+            path=str(rulebook_path) if rulebook_path else "(bundled default)",
+            sha256=rulebook.checksum,
+            changed_from_previous=rulebook_changed,
+        ),
+        inputs=[InputFile.model_validate(f.as_dict()) for f in split],
+        ignored_columns=ignored,
+        rows_read=figures.rows_read,
+        duplicates_collapsed=figures.duplicates_collapsed,
+        quarantine_by_rule=figures.quarantine_rows_by_rule(),
+        guards=GuardRecord.model_validate(
+            {
+                **guards.as_dict(),
+                "breached": breaches,
+                "overridden": bool(breaches) and override_guards,
+                "override_flag": override_guards,
+            }
+        ),
+        summary=figures.summary_rows(),
+        transitions=figures.transition_rows(),
+        tables=figures.tables(),
+        replaced_run_id=replaced.run_id if replaced else None,
+        previous_version_unreadable=replaced.unreadable if replaced else None,
+        changes_by_program=dict(sorted(figures.changes_by_program.items())) if replaced is not None else None,
+        dry_run=dry_run,
+        timings_seconds=dict(run.timings),
+        bucket_seconds_summed=figures.seconds_summed(),
+    )
+
+
+def _publish(run: _Run, manifest: Manifest) -> Manifest:
+    """Publish the staged month; the manifest written last carries the publish and total timings."""
+    publish_started = time.perf_counter()
+
+    def with_timings(ready: Manifest) -> Manifest:
+        now = time.perf_counter()
+        timings = {
+            **run.timings,
+            "publish": round(now - publish_started, 3),
+            "total": round(now - run.started, 3),
+        }
+        return ready.model_copy(update={"timings_seconds": timings})
+
+    staged = manifest.model_copy(update={"timings_seconds": {**run.timings, "publish": 0.0, "total": 0.0}})
+    written = run.target.commit(run.month, run.run_id, staged, before_manifest=with_timings)
+    tables = written.tables
+    run.log.info(
+        "month %s published in %s buckets: %s tier rows, %s card events, %s quarantined, %s duplicates collapsed",
+        run.label,
+        written.buckets,
+        tables["tier_assignments"].rows,
+        tables["card_issuance"].rows,
+        tables["quarantine"].rows,
+        written.duplicates_collapsed,
+    )
+    return written
 
 
 def run_month(
@@ -188,201 +413,65 @@ def run_month(
     dry_run: bool = False,
     flow_run_id: str | None = None,
     publish_into: Store | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Evaluate and publish one month on top of the published ``build_on`` month (None: empty).
 
     Returns the manifest as published; with ``dry_run`` (``billing-tiers check``) everything but the
     publish, and the manifest it would have published. When a guard stops the month, the rejected
     rows go to ``<store>/_rejected/`` and :class:`GuardError` says where. ``publish_into`` (for
     ``simulate``) reads the history from ``store`` but stages and publishes into another store, so
-    ``store`` is not written at all. The caller holds the store's writer lock."""
-    target = publish_into or store
-    log = logger or logging.getLogger(__name__)
-    label = month_label(month)
-    run_id = run_id or new_run_id(month)
-    tag = run_tag(run_id)
-    timings: dict[str, float] = {}
-    run_started = time.perf_counter()
+    ``store`` is not written at all. The caller holds the store's writer lock.
 
-    @contextmanager
-    def step(name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        yield
-        timings[name] = round(time.perf_counter() - started, 3)
-
-    previous_manifest = store.read_manifest(build_on) if build_on else None
-    if build_on is not None and previous_manifest is None:
-        raise PipelineError(f"month {label}: the state of {month_label(build_on)} is not published")
-    replaced_manifest = store.read_manifest(month)
+    A month published before is replaced: its ``changes`` compare with that version's tier rows,
+    unless that version cannot be read (damaged), which is then recorded and never read."""
+    run = _Run(
+        store=store,
+        target=publish_into or store,
+        month=month,
+        run_id=run_id or new_run_id(month),
+        log=logger or logging.getLogger(__name__),
+    )
+    previous = previous_month(store, month, build_on)
+    replaced = replaced_version(store, month)
+    run.target.open_staging(run.run_id, month)
     try:
-        with step("read_extract"):
-            files = extract_files(extracts, month)
-            count = buckets or automatic_buckets(sum(pq.ParquetFile(p).metadata.num_rows for p in files))
-            split: list[SplitFile] = [
-                split_extract_file(
-                    path,
-                    month=month,
-                    root=extracts,
-                    file_index=index,
-                    buckets=count,
-                    bucket_dir=lambda bucket: target.scratch_extract_dir(run_id, bucket),
-                )
-                for index, path in enumerate(files)
-            ]
-            if sum(f.rows for f in split) == 0:
-                raise PipelineError(f"month {label}: the extract has no rows")
-        with step("load_previous_state"):
-            previous: list[dict[str, tuple[PartRef, ...]]] = [{} for _ in range(count)]
-            if build_on is not None and previous_manifest is not None:
-                previous = _parts_by_bucket(store, build_on, previous_manifest, CARRIED_TABLES, count, run_id, target)
-            replaced = (
-                _parts_by_bucket(store, month, replaced_manifest, [TIER_ASSIGNMENTS.name], count, run_id, target)
-                if replaced_manifest is not None
-                else None
-            )
-        jobs = [
-            BucketJob(
-                month=month,
-                bucket=bucket,
-                buckets=count,
-                extract_dir=target.scratch_extract_dir(run_id, bucket),
-                source_files=tuple(f.file for f in split),
-                previous=previous[bucket],
-                staged_dirs={table: target.staged_table_dir(run_id, table) for table in STORE_TABLES},
-                missing_dir=target.scratch_missing_dir(run_id),
-                replaced=replaced[bucket].get(TIER_ASSIGNMENTS.name, ()) if replaced is not None else None,
-                tag=tag,
-                rulebook=rulebook,
-            )
-            for bucket in range(count)
-        ]
-        with step("evaluate_buckets"):
-            results = sorted(map_buckets(evaluate_bucket, jobs), key=lambda r: r.bucket)
-        guards = GuardFigures(
-            rows_after_duplicates=sum(r.rows_after_duplicates for r in results),
-            quarantined_rows=sum(r.quarantined_rows for r in results),
-            previous_subscribers=sum(r.previous_subscribers for r in results),
-            missing_subscribers=sum(r.missing_subscribers for r in results),
-            max_quarantine_ratio=rulebook.guards.max_quarantine_ratio,
-            max_missing_ratio=rulebook.guards.max_missing_ratio,
+        with run.step("read_extract"):
+            count, split = _split_extract(run, extracts, buckets)
+        with run.step("load_previous_state"):
+            jobs = _bucket_jobs(run, count, split, build_on, previous, replaced, rulebook)
+        with run.step("evaluate_buckets"):
+            figures = MonthFigures.total(map_buckets(evaluate_bucket, jobs))
+        guards = _check_guards(run, figures, rulebook, override_guards)
+        manifest = _manifest(
+            run,
+            extracts=extracts,
+            split=split,
+            figures=figures,
+            guards=guards,
+            override_guards=override_guards,
+            build_on=build_on,
+            previous=previous,
+            replaced=replaced,
+            rulebook=rulebook,
+            rulebook_path=rulebook_path,
+            dry_run=dry_run,
+            flow_run_id=flow_run_id,
         )
-        breaches = guards.breaches()
-        if breaches and not override_guards:
-            rejected = _write_rejected(target, run_id, month)
-            raise GuardError(
-                f"month {label}: guard failed, nothing published: {'; '.join(breaches)}; "
-                f"rejected rows in {rejected} (rerun with --override-guards to publish anyway)",
-                guards=guards,
-                quarantine_by_rule=_quarantine_by_rule(results),
-                rejected=rejected,
-            )
     except BaseException:
-        target.discard(run_id)
+        run.target.discard(run.run_id)
         raise
-    shutil.rmtree(target.rejected_file(month).parent, ignore_errors=True)  # the guards hold now
-    for breach in breaches:
-        log.warning("month %s: guard overridden by the operator: %s", label, breach)
-    rulebook_changed = (
-        previous_manifest is not None and (previous_manifest.get("rulebook") or {}).get("sha256") != rulebook.checksum
-    )
-    if rulebook_changed:
-        previous_label = previous_manifest["billing_month"] if previous_manifest else "?"
-        log.warning("month %s: the rulebook differs from the one %s was built with", label, previous_label)
-    rows_read = sum(r.rows_read for r in results)
-    duplicates = rows_read - guards.rows_after_duplicates
-    ignored = sorted({column for f in split for column in f.ignored_columns})
-    if duplicates:
-        log.warning("month %s: %s exact duplicate rows collapsed to one copy", label, duplicates)
-    if ignored:
-        log.warning("month %s: ignored columns not in the contract: %s", label, ", ".join(ignored))
-    bucket_seconds: Counter[str] = Counter()
-    for result in results:
-        bucket_seconds.update(result.seconds)
-    changes_by_program: Counter[str] | None = None
-    if replaced_manifest is not None:
-        changes_by_program = Counter()
-        for result in results:
-            changes_by_program.update(result.changes_by_program or {})
-    manifest: dict[str, Any] = {
-        "billing_month": label,
-        "run_id": run_id,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code_version": code_version(),
-        "prefect_flow_run_id": flow_run_id,
-        "built_from": {
-            "month": month_label(build_on) if build_on else None,
-            "run_id": previous_manifest["run_id"] if previous_manifest else None,
-        },
-        "buckets": count,
-        "rulebook": {
-            "path": str(rulebook_path) if rulebook_path else "(bundled default)",
-            "sha256": rulebook.checksum,
-            "changed_from_previous": rulebook_changed,
-        },
-        "inputs": [f.as_dict() for f in split],
-        "ignored_columns": ignored,
-        "rows_read": rows_read,
-        "duplicates_collapsed": duplicates,
-        "quarantine_by_rule": _quarantine_by_rule(results),
-        "guards": {
-            **guards.as_dict(),
-            "breached": breaches,
-            "overridden": bool(breaches) and override_guards,
-            "override_flag": override_guards,
-        },
-        "summary": _summary(results),
-        "transitions": _transitions(results),
-        "tables": {
-            table: {
-                "rows": sum(r.parts[table]["rows"] for r in results),
-                "parts": [r.parts[table] for r in results],
-            }
-            for table in STORE_TABLES
-            if table in results[0].parts
-        },
-        "replaced_run_id": replaced_manifest["run_id"] if replaced_manifest else None,
-        "changes_by_program": dict(sorted(changes_by_program.items())) if changes_by_program is not None else None,
-        "dry_run": dry_run,
-        "timings_seconds": timings,
-        "bucket_seconds_summed": {name: round(value, 3) for name, value in sorted(bucket_seconds.items())},
-    }
     if dry_run:
-        target.discard(run_id)
-        timings["total"] = round(time.perf_counter() - run_started, 3)
-        return manifest
-    publish_started = time.perf_counter()
-    timings["publish"] = 0.0
-    timings["total"] = 0.0
-    written = target.commit(
-        month, run_id, manifest, before_manifest=_finish_timings(timings, publish_started, run_started)
-    )
-    tables = written["tables"]
-    log.info(
-        "month %s published in %s buckets: %s tier rows, %s card events, %s quarantined, %s duplicates collapsed",
-        label,
-        count,
-        tables["tier_assignments"]["rows"],
-        tables["card_issuance"]["rows"],
-        tables["quarantine"]["rows"],
-        duplicates,
-    )
-    return written
+        run.target.discard(run.run_id)
+        return manifest.model_copy(
+            update={"timings_seconds": {**run.timings, "total": round(time.perf_counter() - run.started, 3)}}
+        )
+    return _publish(run, manifest)
 
 
-def _finish_timings(timings: dict[str, float], publish_started: float, run_started: float) -> Callable[[], None]:
-    """Called by the publish just before it writes the manifest: the publish and total are then known."""
-
-    def finish() -> None:
-        now = time.perf_counter()
-        timings["publish"] = round(now - publish_started, 3)
-        timings["total"] = round(now - run_started, 3)
-
-    return finish
-
-
-def summary_frame(manifest: dict[str, Any]) -> pl.DataFrame:
+def summary_frame(manifest: Manifest | dict[str, Any]) -> pl.DataFrame:
     """The manifest's level/action counts as a frame (for the CLI and the Prefect artifact)."""
+    typed = manifest if isinstance(manifest, Manifest) else Manifest.model_validate(manifest)
     return pl.DataFrame(
-        manifest["summary"],
+        [row.model_dump() for row in typed.summary],
         schema={"program": pl.String, "level": pl.String, "action": pl.String, "subscribers": pl.Int64},
     )

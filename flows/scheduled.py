@@ -33,7 +33,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run, task_run
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import store_status
+from billing_tiers.health import store_status
 from billing_tiers.months import add_months, month_label, parse_month
 from billing_tiers.store import Store, extract_files, extract_month_dir, extract_months
 from flows.monthly import backfill_tiers, monthly_tiers

@@ -17,8 +17,8 @@ from pathlib import Path
 import polars as pl
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import refuse_rulebook_change
 from billing_tiers.months import add_months, month_label
+from billing_tiers.planning import refuse_rulebook_change
 from billing_tiers.store import Store
 from flows.run_month import run_month
 from rulebook import Rulebook
@@ -34,10 +34,6 @@ class Simulation:
     transitions: pl.DataFrame
     card_differences: pl.DataFrame
     changed_rows: int
-
-
-def _month_table(store: Store, table: str, month: dt.date) -> pl.LazyFrame:
-    return pl.scan_parquet(store.month_dir(table, month) / "*.parquet")
 
 
 def simulate_month(
@@ -57,7 +53,8 @@ def simulate_month(
     if build_on is None and published_months and published_months[0] < month:
         raise PipelineError(f"month {month_label(month)} needs the published state of {month_label(previous)}")
     refuse_rulebook_change(store, build_on, rulebook)
-    published = store.read_manifest(month) is not None
+    published_manifest = store.read_manifest(month)  # a damaged one is refused, naming the file
+    published = published_manifest is not None
     with tempfile.TemporaryDirectory(prefix="billing-tiers-simulate-") as folder:
         scratch = Store(Path(folder) / "store")
         scratch.initialise()
@@ -72,20 +69,21 @@ def simulate_month(
             buckets=buckets,
             publish_into=scratch,
         )
-        simulated_tiers = _month_table(scratch, "tier_assignments", month).collect()
-        simulated_cards = _month_table(scratch, "card_issuance", month).collect()
-        if published:
-            published_tiers = _month_table(store, "tier_assignments", month).collect()
-            published_cards = _month_table(store, "card_issuance", month).collect()
+        simulated_tiers = scratch.read_table("tier_assignments", month)
+        simulated_cards = scratch.read_table("card_issuance", month)
+        if published_manifest is not None:
+            published_tiers = store.read_table("tier_assignments", month, published_manifest)
+            published_cards = store.read_table("card_issuance", month, published_manifest)
+            changed = scratch.read_table("changes", month)
         else:
             published_tiers, published_cards = simulated_tiers.clear(), simulated_cards.clear()
-        changed = _month_table(scratch, "changes", month).collect() if published else simulated_tiers.clear()
+            changed = simulated_tiers.clear()
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
+            written = scratch.manifest(month)
             for table in STORE_TABLES:
-                source = scratch.month_dir(table, month)
-                if source.is_dir():
-                    pl.scan_parquet(source / "*.parquet").sink_parquet(out / f"{table}.parquet")
+                if table in written.tables:
+                    scratch.scan_table(table, month, written).sink_parquet(out / f"{table}.parquet")
             if published:
                 shutil.copyfile(out / "changes.parquet", out / "diff.parquet")
         return Simulation(

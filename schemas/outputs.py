@@ -24,7 +24,7 @@ import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaError, SchemaErrors
 
-from schemas.contract import TIER_ASSIGNMENTS, Column, Table, published_tables
+from schemas.contract import TIER_ASSIGNMENTS, Column, Table
 
 VALUE_RULES: dict[str, Callable[[pl.Expr, Any], pl.Expr]] = {
     "isin": lambda values, allowed: values.is_in(allowed),
@@ -95,10 +95,6 @@ def table_schema(table: Table) -> pa.DataFrameSchema:
         name=table.name,
         description=table.grain,
     )
-
-
-TABLE_MODELS: dict[str, pa.DataFrameSchema] = {name: table_schema(table) for name, table in published_tables().items()}
-"""Every published table's Pandera schema (default rulebook windows), by table name."""
 
 
 def _value_rule_breaks(table: Table) -> list[pl.Expr]:

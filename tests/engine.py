@@ -10,9 +10,13 @@ import polars as pl
 
 from billing_tiers.months import add_months, month_end, parse_month
 from rulebook import Rulebook, load_rulebook
-from schemas.contract import CONTRACT_COLUMNS, ENGINE_OVERRIDE_COLUMNS, OVERRIDES_IN_FORCE
+from schemas.contract import CONTRACT_COLUMNS, ENGINE_OVERRIDE_COLUMNS, OVERRIDES_IN_FORCE, state_table
 from transforms.evaluate import evaluate_month
-from transforms.metrics import empty_state
+
+
+def empty_state(window_months: int) -> pl.LazyFrame:
+    """The state before a store's first month."""
+    return pl.LazyFrame(schema=state_table(window_months).schema)
 
 
 def to_valid_rows(rows: list[dict[str, Any]]) -> pl.LazyFrame:

@@ -54,8 +54,3 @@ def bucket_numbers(ids: pl.Series, buckets: int) -> pl.Series:
     if buckets == 1:
         return pl.Series(ids.name, np.zeros(len(ids), dtype=np.uint32), dtype=pl.UInt32)
     return (fnv1a_64(ids) % buckets).fill_null(0).cast(pl.UInt32)
-
-
-def bucket_of(column: str, *, buckets: int) -> pl.Expr:
-    """Expression: the bucket of the ids in ``column``."""
-    return pl.col(column).map_batches(lambda ids: bucket_numbers(ids, buckets), return_dtype=pl.UInt32)

@@ -11,14 +11,9 @@ import datetime as dt
 
 import polars as pl
 
-from schemas.contract import BILLED_WINDOW, SUSPENSION_WINDOW, state_table, window_columns
+from schemas.contract import BILLED_WINDOW, SUSPENSION_WINDOW, window_columns
 from schemas.contract import CARRIED_ATTRIBUTES as ATTRIBUTES
 from transforms.money import fen_to_yuan
-
-
-def empty_state(window_months: int, programs: tuple[str, ...] = ()) -> pl.LazyFrame:
-    """The state before a store's first month."""
-    return pl.LazyFrame(schema=state_table(window_months, programs).schema)
 
 
 def _slide(prefix: str, current: pl.Expr, *, window_months: int, previous: set[str]) -> list[pl.Expr]:

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.extract_io import read_extract_file
 from tests.extract_factory import EXTRACT_SCHEMA, replace_when_parsed, row, write_extract
+from tests.extract_rows import read_extract_file
 
 MONTH = dt.date(2024, 3, 1)
 

@@ -44,6 +44,7 @@ from billing_tiers.report import (
 from billing_tiers.store import Store, extract_months
 from flows.run_month import run_month
 from rulebook import load_rulebook
+from schemas.manifest import Manifest
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "extracts"
 MONTHS = extract_months(SAMPLE)[:15]
@@ -136,16 +137,16 @@ def test_the_figures_add_up_to_the_published_tables(store: Store) -> None:
     # (6)-(8) the manifest's figures
     manifest = store.read_manifest(LAST)
     assert manifest is not None
-    assert dict(figures.quarantine_by_rule.iter_rows()) == manifest["quarantine_by_rule"]
-    assert figures.quarantine_by_rule["rows"].sum() == manifest["tables"]["quarantine"]["rows"]
+    assert dict(figures.quarantine_by_rule.iter_rows()) == manifest.quarantine_by_rule
+    assert figures.quarantine_by_rule["rows"].sum() == manifest.tables["quarantine"].rows
     guards = {row["guard"].split(" ")[0]: row for row in figures.guards.iter_rows(named=True)}
-    assert guards["quarantined"]["count"] == manifest["guards"]["quarantined_rows"]
-    assert guards["previous"]["out_of"] == manifest["guards"]["previous_subscribers"]
+    assert guards["quarantined"]["count"] == manifest.guards.quarantined_rows
+    assert guards["previous"]["out_of"] == manifest.guards.previous_subscribers
     assert {row["status"] for row in figures.guards.iter_rows(named=True)} == {"ok"}
     timings = {(scope, step): seconds for scope, step, seconds in figures.timings.iter_rows()}
-    assert timings[("run", "total")] == manifest["timings_seconds"]["total"]
+    assert timings[("run", "total")] == manifest.timings_seconds["total"]
     assert ("buckets (summed)", "evaluate") in timings
-    assert figures.run["run_id"] == manifest["run_id"]
+    assert figures.run["run_id"] == manifest.run_id
 
 
 def test_the_figures_read_one_month_of_tables_and_twelve_manifests(
@@ -159,7 +160,7 @@ def test_the_figures_read_one_month_of_tables_and_twelve_manifests(
         scanned.extend(Path(p) for p in (source if isinstance(source, list) else [source]))
         return real_scan(source, *args, **kwargs)
 
-    def read_manifest(self: Store, month: dt.date) -> dict[str, Any] | None:
+    def read_manifest(self: Store, month: dt.date) -> Manifest | None:
         manifests.append(month)
         return real_manifest(self, month)
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from billing_tiers.history import store_status
+from billing_tiers.errors import PipelineError
+from billing_tiers.health import store_status
 from billing_tiers.store import Store
 from schemas.contract import TABLES
+from schemas.manifest import Manifest, TableEntry
 from tests.faults import InjectedFault, before_the_commit_point, fail_at
-from tests.stores import publish_frames
+from tests.stores import make_manifest, publish_frames
 
 MONTH = dt.date(2024, 1, 1)
 STEPS = [
@@ -31,6 +33,10 @@ def tables(version: int) -> dict[str, pl.DataFrame]:
 
 def manifest(run_id: str) -> dict[str, object]:
     return {"billing_month": "2024-01", "run_id": run_id, "built_from": {"month": None, "run_id": None}}
+
+
+def typed_manifest(run_id: str, tables: dict[str, TableEntry]) -> Manifest:
+    return make_manifest("2024-01", run_id, tables=tables)
 
 
 def snapshot(store: Store) -> dict[str, list[str]]:
@@ -53,13 +59,13 @@ def test_a_fault_at_any_step_then_recovery_gives_old_or_new_never_a_mix(tmp_path
     committed = not before_the_commit_point(step)
     if not committed:
         assert snapshot(store) == old
-        assert store.read_manifest(MONTH)["run_id"] == "run-1"  # type: ignore[index]
+        assert store.manifest(MONTH).run_id == "run-1"
     store.recover()
     assert not (tmp_path / "_staging").exists() or not any((tmp_path / "_staging").iterdir())
     expected = snapshot_of(2) if committed else old
     assert snapshot(store) == expected
     assert [s.problem for s in store_status(store)] == [None]
-    assert store.read_manifest(MONTH)["run_id"] == ("run-2" if committed else "run-1")  # type: ignore[index]
+    assert store.manifest(MONTH).run_id == ("run-2" if committed else "run-1")
 
 
 def snapshot_of(version: int) -> dict[str, list[str]]:
@@ -71,9 +77,18 @@ def test_read_table_refuses_a_file_that_does_not_match_its_manifest(tmp_path: Pa
     publish_frames(store, MONTH, "run-1", tables(1), manifest("run-1"))
     (part,) = store.month_dir("state", MONTH).iterdir()
     pl.DataFrame({"subscriber_id": ["tampered"]}).write_parquet(part)
-    with pytest.raises(Exception, match="state does not match its manifest"):
+    named = f"month 2024-01: state part {part} does not match its manifest checksum; repair it with " + (
+        "`billing-tiers backfill --from 2024-01`"
+    )
+    with pytest.raises(PipelineError) as refused:
         store.read_table("state", MONTH)
-    assert store_status(store)[0].problem == "incomplete: state file does not match the manifest checksum"
+    assert str(refused.value) == named
+    with pytest.raises(PipelineError) as refused:
+        store.scan_table("state", MONTH)  # the lazy reader checks every part before it scans
+    assert str(refused.value) == named
+    (status,) = store_status(store)
+    assert status.problem == f"incomplete: state part {part} does not match its manifest checksum"
+    assert status.damaged_file == part
 
 
 def test_staging_lives_outside_every_table_folder(tmp_path: Path) -> None:
@@ -99,8 +114,8 @@ def publish_parts(store: Store, run_id: str, frames: dict[str, list[pl.DataFrame
             write_part(frame, store.staged_table_dir(run_id, table) / part_name(bucket, run_tag(run_id)))
             for bucket, frame in enumerate(parts)
         ]
-        entries[table] = {"rows": len(parts), "parts": written}
-    store.commit(MONTH, run_id, {**manifest(run_id), "tables": entries})
+        entries[table] = TableEntry(rows=len(parts), parts=written)
+    store.commit(MONTH, run_id, typed_manifest(run_id, entries))
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -149,7 +164,7 @@ def test_the_publish_passes_every_step_in_order_and_a_fault_comes_at_the_chosen_
     store = Store(tmp_path / "second")
     with pytest.raises(InjectedFault, match="after_journal"), fail_at("after_journal", occurrence=2):
         publish_frames(store, MONTH, "run-1", tables(1), manifest("run-1"))
-        assert store.read_manifest(MONTH)["run_id"] == "run-1"  # type: ignore[index]
+        assert store.manifest(MONTH).run_id == "run-1"
         publish_frames(store, MONTH, "run-2", tables(2), manifest("run-2"))
     store.recover()
     assert snapshot(store) == snapshot_of(2)

@@ -10,9 +10,10 @@ import polars as pl
 import pytest
 
 from billing_tiers.errors import PipelineError
-from flows.bucket import CleanRows, clean_rows, read_month_rows
+from flows.bucket import CleanRows, clean_rows
 from rulebook import load_rulebook
 from tests.extract_factory import row, write_extract
+from tests.extract_rows import read_month_rows
 from transforms.guards import GuardFigures, missing_subscribers
 
 MONTH = dt.date(2024, 3, 1)

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import store_status
+from billing_tiers.health import store_status
 from billing_tiers.store import Store
 from flows import bucket, monthly, run_month
 from schemas.contract import TABLES
@@ -43,7 +43,7 @@ from tests.billing_tiers.test_store import STEPS
 from tests.extract_factory import write_history
 from tests.faults import InjectedFault, before_the_commit_point, fail_at
 from tests.processes import wait_until_gone
-from tests.stores import new_store
+from tests.stores import assert_same_store, contents, new_store
 
 MONTHS = ["2024-01", "2024-02", "2024-03", "2024-04", "2024-05"]
 BUCKETS = 3
@@ -79,22 +79,6 @@ def clean_store(extracts: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     store = new_store(tmp_path_factory.mktemp("clean"))
     monthly.backfill_tiers(start=MONTHS[0], extracts=str(extracts), store=str(store))
     return store
-
-
-def contents(store: Path) -> dict[str, pl.DataFrame]:
-    found = {}
-    for table in TABLES:
-        if (store / table).exists():
-            found[table] = pl.read_parquet(store / table, hive_partitioning=True).sort(pl.all())
-    return found
-
-
-def assert_same_store(store: Path, reference: Path) -> None:
-    mine, theirs = contents(store), contents(reference)
-    assert mine.keys() == theirs.keys()
-    for table in theirs:
-        assert mine[table].equals(theirs[table]), table
-    assert all(s.healthy for s in store_status(Store(store)))
 
 
 def assert_readable(store: Path) -> None:

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import store_status
+from billing_tiers.health import store_status
 from billing_tiers.store import Store
 from flows.monthly import backfill_tiers, monthly_tiers
 from schemas.contract import CARD_REASONS, TABLES
@@ -42,7 +42,7 @@ def test_backfill_publishes_every_month_healthy(sample_store: Path) -> None:
     statuses = store_status(Store(sample_store))
     assert [s.problem for s in statuses] == [None] * 27
     assert statuses[-1].manifest is not None
-    assert statuses[-1].manifest["built_from"]["month"] == "2026-02"
+    assert statuses[-1].manifest.built_from.month == "2026-02"
 
 
 def test_every_action_of_every_retention_occurs_in_the_sample(sample_store: Path) -> None:

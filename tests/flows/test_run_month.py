@@ -11,18 +11,19 @@ import polars as pl
 import pytest
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import store_status
+from billing_tiers.health import store_status
 from billing_tiers.store import Store, extract_months
 from flows.run_month import automatic_buckets, run_month
 from rulebook import load_rulebook
-from schemas.contract import TABLES
+from schemas.contract import CHANGES, TABLES
+from schemas.manifest import Manifest
 from tests.extract_factory import row, write_extract
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "extracts"
 SAMPLE_MONTHS = extract_months(SAMPLE)
 
 
-def backfill(store: Path, months: list[dt.date], buckets: list[int], extracts: Path = SAMPLE) -> list[dict]:
+def backfill(store: Path, months: list[dt.date], buckets: list[int], extracts: Path = SAMPLE) -> list[Manifest]:
     """Run ``months`` in order, month i with ``buckets[i % len(buckets)]`` buckets."""
     rulebook = load_rulebook()
     manifests = []
@@ -57,7 +58,7 @@ def one_bucket(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_sample_with_one_or_seven_buckets_gives_identical_rows(one_bucket: Path, tmp_path: Path) -> None:
     manifests = backfill(tmp_path, SAMPLE_MONTHS, [7])
-    assert {m["buckets"] for m in manifests} == {7}
+    assert {m.buckets for m in manifests} == {7}
     assert all(len(list((tmp_path / t / "billing_month=2026-03").iterdir())) == 7 for t in TABLES)
     seven, one = every_table(tmp_path), every_table(one_bucket)
     for table in TABLES:
@@ -66,8 +67,8 @@ def test_the_sample_with_one_or_seven_buckets_gives_identical_rows(one_bucket: P
     ones = [Store(one_bucket).read_manifest(m) for m in SAMPLE_MONTHS]
     for mine, theirs in zip(manifests, ones, strict=True):
         assert theirs is not None
-        for key in ("guards", "summary", "quarantine_by_rule", "rows_read", "duplicates_collapsed"):
-            assert mine[key] == theirs[key], key
+        for key in ("guards", "summary", "transitions", "quarantine_by_rule", "rows_read", "duplicates_collapsed"):
+            assert getattr(mine, key) == getattr(theirs, key), key
 
 
 def test_a_month_built_on_a_state_with_another_bucket_count_is_the_same(one_bucket: Path, tmp_path: Path) -> None:
@@ -82,10 +83,10 @@ def test_a_month_built_on_a_state_with_another_bucket_count_is_the_same(one_buck
 def test_manifest_times_every_step_and_the_total(one_bucket: Path) -> None:
     manifest = Store(one_bucket).read_manifest(SAMPLE_MONTHS[-1])
     assert manifest is not None
-    timings = manifest["timings_seconds"]
+    timings = manifest.timings_seconds
     assert {"read_extract", "load_previous_state", "evaluate_buckets", "publish", "total"} <= set(timings)
     assert timings["total"] >= sum(v for k, v in timings.items() if k != "total") - 0.01
-    assert {"clean_extract", "evaluate", "validate_outputs", "write_parts"} <= set(manifest["bucket_seconds_summed"])
+    assert {"clean_extract", "evaluate", "validate_outputs", "write_parts"} <= set(manifest.bucket_seconds_summed)
 
 
 def test_a_month_whose_files_hold_no_rows_is_refused_and_leaves_no_staging(tmp_path: Path) -> None:
@@ -120,7 +121,7 @@ def test_the_automatic_bucket_count_grows_with_the_extract() -> None:
     assert [automatic_buckets(n) for n in (1, 250_000, 250_001, 10_000_000)] == [1, 1, 2, 40]
 
 
-def _run(store: Path, extracts: Path, month: str, build_on: str | None, **options: Any) -> dict[str, Any]:
+def _run(store: Path, extracts: Path, month: str, build_on: str | None, **options: Any) -> Manifest:
     return run_month(
         store=Store(store),
         extracts=extracts,
@@ -136,7 +137,11 @@ def test_a_month_that_replaces_a_published_one_publishes_what_changed(tmp_path: 
     others = [row(f"o{i}", "10.00") for i in range(30)]
     write_extract(extracts, "2024-01", [row("up", "100.00"), row("same", "100.00"), row("gone", "5.00"), *others])
     first = _run(tmp_path / "s", extracts, "2024-01", None, buckets=2)
-    assert first["changes_by_program"] is None and "changes" not in first["tables"]
+    # every month has changes/: empty, with its schema and a part per bucket, when nothing was replaced
+    assert first.changes_by_program is None and first.replaced_run_id is None
+    assert first.tables["changes"].rows == 0 and len(first.tables["changes"].parts) == 2
+    empty = Store(tmp_path / "s").read_table("changes", dt.date(2024, 1, 1))
+    assert empty.height == 0 and empty.schema == CHANGES.schema
     # a corrected extract: "up" billed enough for silver, "gone" was never there, "new" was missing
     write_extract(extracts, "2024-01", [row("up", "900.00"), row("same", "100.00"), row("new", "5.00"), *others])
     second = _run(tmp_path / "s", extracts, "2024-01", None, buckets=3)
@@ -149,7 +154,8 @@ def test_a_month_that_replaces_a_published_one_publishes_what_changed(tmp_path: 
         ("new", "added", None, None, None, "none"),
         ("up", "changed", None, "silver", "none", "new"),
     ]
-    assert second["changes_by_program"]["unicom_vip"] == 3
+    assert second.changes_by_program is not None and second.changes_by_program["unicom_vip"] == 3
+    assert second.replaced_run_id == first.run_id and second.previous_version_unreadable is None
     assert "same" not in changes["subscriber_id"].to_list()
     assert all(s.healthy for s in store_status(Store(tmp_path / "s")))
 
@@ -160,7 +166,7 @@ def test_a_dry_run_publishes_nothing_and_a_guard_stop_leaves_the_rejected_rows(t
     write_extract(extracts, "2024-01", [row(f"s{i}") for i in range(20)])
     write_extract(extracts, "2024-02", [row(f"s{i}") for i in range(10)] + [row("bad", customer_type="VIP")])
     manifest = _run(store, extracts, "2024-01", None, dry_run=True)
-    assert manifest["dry_run"] and manifest["tables"]["tier_assignments"]["rows"] == 80
+    assert manifest.dry_run and manifest.tables["tier_assignments"].rows == 80
     assert Store(store).manifest_months() == [] and Store(store).pending_publishes() == []
     _run(store, extracts, "2024-01", None, buckets=2)
     from flows.run_month import GuardError
@@ -191,7 +197,7 @@ def test_the_manifest_flags_a_rulebook_that_differs_from_the_previous_months(tmp
     first = _run(tmp_path / "s", extracts, "2024-01", None)
     second = _run(tmp_path / "s", extracts, "2024-02", "2024-01", rulebook=changed)
     third = _run(tmp_path / "s", extracts, "2024-03", "2024-02", rulebook=changed)
-    flags = [m["rulebook"]["changed_from_previous"] for m in (first, second, third)]
+    flags = [m.rulebook.changed_from_previous for m in (first, second, third)]
     assert flags == [False, True, False]
 
 
@@ -260,3 +266,107 @@ def test_a_run_refuses_an_extract_rewritten_while_it_is_read_and_publishes_nothi
     assert str(refused.value) == "extract billing_month=2024-01/part-0.parquet: changed while it was read; rerun"
     assert Store(tmp_path / "s").manifest_months() == []
     assert Store(tmp_path / "s").pending_publishes() == []
+
+
+def test_the_manifest_records_its_format_the_extracts_used_and_reads_back_typed(tmp_path: Path) -> None:
+    from schemas.manifest import MANIFEST_FORMAT_VERSION
+
+    extracts = tmp_path / "x"
+    write_extract(extracts, "2024-01", [row("a"), row("b")])
+    written = _run(tmp_path / "s", extracts, "2024-01", None, buckets=2)
+    assert written.format_version == MANIFEST_FORMAT_VERSION and written.extracts == str(extracts)
+    assert Store(tmp_path / "s").manifest(dt.date(2024, 1, 1)) == written
+    assert [p.rows for p in written.tables["tier_assignments"].parts] == [
+        len(pl.read_parquet(Store(tmp_path / "s").month_dir("tier_assignments", dt.date(2024, 1, 1)) / p.file))
+        for p in written.tables["tier_assignments"].parts
+    ]
+
+
+def test_bucket_results_sum_into_the_month_figures() -> None:
+    from flows.bucket import BucketResult, MonthFigures
+    from schemas.manifest import PartEntry
+
+    def result(bucket: int, rows: int, vip: int) -> BucketResult:
+        return BucketResult(
+            bucket=bucket,
+            rows_read=rows + 1,
+            rows_after_duplicates=rows,
+            quarantined_rows=1,
+            quarantine_by_rule={"status_allowed_value": 1},
+            previous_subscribers=rows,
+            missing_subscribers=0,
+            summary={("unicom_vip", "silver", "new"): vip, ("unicom_vip", None, "none"): rows - vip},
+            transitions={("unicom_vip", None, "silver"): vip},
+            parts={
+                "changes": PartEntry(file=f"c{bucket}", rows=0, sha256="0"),
+                "tier_assignments": PartEntry(file=f"t{bucket}", rows=rows, sha256="0"),
+            },
+            changes_by_program={"unicom_vip": vip} if vip else {},
+            seconds={"evaluate": 0.5},
+        )
+
+    figures = MonthFigures.total([result(1, 10, 2), result(0, 5, 0)])  # results come in any order
+    assert figures.buckets == (0, 1)
+    assert (figures.rows_read, figures.rows_after_duplicates, figures.duplicates_collapsed) == (17, 15, 2)
+    assert figures.quarantine_rows_by_rule() == {"status_allowed_value": 2}
+    assert [(r.level, r.action, r.subscribers) for r in figures.summary_rows()] == [
+        ("silver", "new", 2),
+        (None, "none", 13),
+    ]
+    assert [(r.previous_level, r.level, r.members) for r in figures.transition_rows()] == [(None, "silver", 2)]
+    tables = figures.tables()
+    assert list(tables) == ["tier_assignments", "changes"]  # the published tables' order
+    assert [p.file for p in tables["tier_assignments"].parts] == ["t0", "t1"]  # bucket order
+    assert tables["tier_assignments"].rows == 15
+    assert figures.changes_by_program == {"unicom_vip": 2}
+    assert figures.seconds_summed() == {"evaluate": 1.0}
+    assert figures.guards(load_rulebook()).missing_subscribers == 0
+
+
+def test_after_one_bucket_fails_the_buckets_still_running_write_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bucket 0 fails while bucket 1 is evaluating; the run stops and removes its staging, and
+    bucket 1, going on afterwards, writes nothing: no part, no staging folder made again."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows import bucket
+    from flows import run_month as run_month_module
+    from tests.faults import InjectedFault
+
+    extracts = tmp_path / "x"
+    write_extract(extracts, "2024-01", [row(f"s{i:03d}") for i in range(60)])
+    store = tmp_path / "s"
+    entered, release = threading.Event(), threading.Event()
+    real_evaluate, real_validate = bucket.evaluate_bucket, bucket.validate_tables
+
+    def evaluate(job: bucket.BucketJob) -> bucket.BucketResult:
+        if job.bucket == 0:
+            assert entered.wait(60)
+            raise InjectedFault("bucket 0 failed")
+        return real_evaluate(job)
+
+    def slow_validate(*args: Any) -> None:
+        entered.set()  # bucket 1 started (its run was live) and is evaluating
+        assert release.wait(60)
+        real_validate(*args)
+
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = []
+
+    def map_threads(work: Any, jobs: Any) -> list[Any]:
+        futures.extend(pool.submit(work, job) for job in jobs)
+        return [future.result() for future in futures]  # the first failure stops the run, as Prefect's do
+
+    monkeypatch.setattr(run_month_module, "evaluate_bucket", evaluate)
+    monkeypatch.setattr(bucket, "validate_tables", slow_validate)
+    with pytest.raises(InjectedFault):
+        _run(store, extracts, "2024-01", None, buckets=2, map_buckets=map_threads)
+    assert Store(store).pending_publishes() == []
+    release.set()
+    pool.shutdown(wait=True)
+    with pytest.raises(bucket.RunCancelled, match="bucket 1 stopped: the run was cancelled"):
+        futures[1].result()
+    assert Store(store).pending_publishes() == []
+    assert not list((store / "_staging").rglob("*"))

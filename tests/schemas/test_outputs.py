@@ -10,7 +10,10 @@ import pytest
 from pandera.errors import SchemaErrors
 
 from schemas.contract import ACTIONS, CARD_ISSUANCE, REASON_CODES, TIER_ASSIGNMENTS, Column, Table, published_tables
-from schemas.outputs import TABLE_MODELS, VALUE_RULES, check_evaluated_subscribers, check_table, table_schema
+from schemas.outputs import VALUE_RULES, check_evaluated_subscribers, check_table, table_schema
+
+TABLE_MODELS = {name: table_schema(table) for name, table in published_tables().items()}
+"""Every published table's Pandera schema (default rulebook windows), by table name."""
 
 
 def tier_row(**overrides: object) -> dict[str, object]:

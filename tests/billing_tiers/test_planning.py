@@ -1,4 +1,4 @@
-"""Lineage, staleness and run planning from the manifests alone."""
+"""Run planning from the manifests: lineage, staleness, gaps, and refusing to build on a damaged month."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from billing_tiers.errors import PipelineError
-from billing_tiers.history import plan_backfill, plan_run, store_status
+from billing_tiers.health import store_status
+from billing_tiers.planning import plan_backfill, plan_run
 from billing_tiers.store import Store
 from tests.extract_factory import row, write_extract
 from tests.stores import publish_frames
@@ -53,11 +54,19 @@ def test_an_earlier_first_month_makes_the_old_first_month_stale(tmp_path: Path) 
     assert problems(store)["2024-02"] is not None and problems(store)["2024-02"].startswith("stale")  # type: ignore[union-attr]
 
 
-def test_an_unreadable_manifest_is_reported_not_fatal(tmp_path: Path) -> None:
+def test_a_run_refuses_to_build_on_a_damaged_month_and_names_the_file_and_the_repair(tmp_path: Path) -> None:
     store = Store(tmp_path)
     publish(store, "2024-01", "a1", None, None)
-    store.manifest_file(dt.date(2024, 1, 1)).write_text("{not json")
-    assert problems(store) == {"2024-01": "incomplete: the manifest is unreadable; rerun the month"}
+    publish(store, "2024-02", "a2", "2024-01", "a1")
+    manifest = store.manifest_file(dt.date(2024, 2, 1))
+    manifest.write_text("{not json")
+    with pytest.raises(PipelineError) as refused:
+        plan_run(store, dt.date(2024, 3, 1))
+    message = str(refused.value)
+    assert message.startswith(f"month 2024-02 is incomplete: manifest {manifest} is damaged (not JSON: ")
+    assert message.endswith("run `billing-tiers backfill --from 2024-02` first")
+    # the damaged month itself may be rerun: that is the repair
+    assert plan_run(store, dt.date(2024, 2, 1)).build_on == dt.date(2024, 1, 1)
 
 
 def test_plans_refuse_gaps_and_name_the_missing_month(tmp_path: Path) -> None:
