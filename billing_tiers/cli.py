@@ -553,6 +553,7 @@ def simulate(
 HISTORY_COLUMNS = (
     "billing_month", "action", "previous_level", "level", "qualified_level", "valid_from", "valid_until",
     "effective_on", "card_id", "reason_code", "billed_6m", "avg_billed_6m", "month_paid", "cum_paid", "present",
+    "override_id",
 )  # fmt: skip
 CARD_COLUMNS = ("billing_month", "program", "event", "reason", "level", "card_id", "effective_on")
 
@@ -574,10 +575,15 @@ def history(
     if found.tiers.height == 0 and found.quarantine.height == 0:
         display.error(f"store {store}: no published month has subscriber '{display.literal(subscriber)}'")
         raise typer.Exit(2)
+    from billing_tiers.explain import override_lines
+
+    used = set(found.tiers.get_column("override_id").drop_nulls()) if "override_id" in found.tiers.columns else set()
+    overrides = _guarded(debug, lambda: override_lines(Store(store), used))
     if as_json:
         display.print_json(
             {
                 "subscriber_id": subscriber,
+                "overrides": overrides,
                 "tier_assignments": found.tiers.to_dicts(),
                 "card_issuance": found.cards.to_dicts(),
                 "quarantine": found.quarantine.to_dicts(),
@@ -588,7 +594,7 @@ def history(
         display.table(
             f"{display.literal(subscriber)} in {name}",
             HISTORY_COLUMNS,
-            ([row[c] for c in HISTORY_COLUMNS] for row in rows.iter_rows(named=True)),
+            ([row.get(c) for c in HISTORY_COLUMNS] for row in rows.iter_rows(named=True)),
         )
     if found.cards.height:
         display.table(
@@ -596,6 +602,8 @@ def history(
             CARD_COLUMNS,
             ([row[c] for c in CARD_COLUMNS] for row in found.cards.iter_rows(named=True)),
         )
+    for text in overrides.values():
+        display.line(text)
     for row in found.quarantine.iter_rows(named=True):
         display.line(
             f"{row['billing_month']}: quarantined, rule {row['rule']} in {display.literal(row['source_file'])} "

@@ -76,6 +76,26 @@ def missed_threshold(rulebook: Rulebook, row: dict[str, Any], attributes: dict[s
             return None
 
 
+def override_lines(store: Store, override_ids: set[str]) -> dict[str, str]:
+    """Each override id as people read it: kind, level, months, reason, who requested and approved it."""
+    if not override_ids:
+        return {}
+    from billing_tiers.overrides import current_overrides, read_ledger
+
+    known = current_overrides(read_ledger(store)).filter(pl.col("override_id").is_in(sorted(override_ids)))
+    lines = {}
+    for o in known.iter_rows(named=True):
+        level = f" {o['level']}" if o["level"] else ""
+        months = f"{o['first_month']}..{o['last_month'] or 'open'}"
+        lines[o["override_id"]] = (
+            f"override {o['override_id']}: {o['kind']}{level} in {literal(o['program'])}, {months} ({o['status']}); "
+            f"reason: {literal(o['reason'])}"
+            + (f"; ticket {literal(o['ticket'])}" if o.get("ticket") else "")
+            + f"; requested by {literal(o['requested_by'])}, approved by {literal(o['approved_by'] or '-')}"
+        )
+    return lines
+
+
 def _risk_line(month: dt.date, row: dict[str, Any], risk: dict[str, Any], missed: str | None) -> str:
     next_month = month_label(add_months(month, 1))
     level = risk["level"]
@@ -109,6 +129,7 @@ def explain_member(
         .iter_rows(named=True)
     }
     attributes = last_seen_attributes(store, month, subscriber)
+    overrides = override_lines(store, {r for r in rows.get_column("override_id").drop_nulls()})
     explained = []
     for row in rows.iter_rows(named=True):
         risk = risks.get(row["program"])
@@ -123,6 +144,8 @@ def explain_member(
         reason = row["reason"] or why_held(row) or "(level unchanged)"
         code = f" [{row['reason_code']}]" if row["reason_code"] else ""
         item.lines.append(f"  reason{code}: {literal(reason)}")
+        if row.get("override_id"):
+            item.lines.append(f"  {overrides.get(row['override_id'], 'override ' + literal(row['override_id']))}")
         if risk is not None:
             missed = missed_threshold(rulebook, row, attributes)
             item.lines.append(f"  {_risk_line(month, row, risk, missed)}")

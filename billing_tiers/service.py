@@ -19,11 +19,14 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import month_label
 from billing_tiers.store import Store, extract_files
+
+if TYPE_CHECKING:
+    from billing_tiers.overrides import MonthOverrides
 from rulebook import Rulebook, load_rulebook
 
 Command = Literal["run", "backfill", "check"]
@@ -94,6 +97,8 @@ class Session:
     months: list[dt.date]
     build_on: dt.date | None
     listener: RunListener = field(default_factory=LoggingListener)
+    overrides: dict[dt.date, MonthOverrides] = field(default_factory=dict)
+    """The approved overrides in force for each planned month (read once from the ledger)."""
 
     @property
     def label(self) -> str:
@@ -129,10 +134,24 @@ def check_extract_footers(extracts: Path, months: list[dt.date]) -> None:
             check_extract_schema(path, root=extracts)
 
 
+def month_overrides(store: Store, months: list[dt.date], rulebook: Rulebook) -> dict[dt.date, MonthOverrides]:
+    """The approved overrides in force for each month, from one read of the ledger; an override in
+    force whose program or level the rulebook lacks is refused before anything runs, naming its id."""
+    from billing_tiers.overrides import overrides_for_month, read_ledger, refuse_overrides_unknown_to
+
+    entries = read_ledger(store)
+    found = {}
+    for month in months:
+        applied = overrides_for_month(entries, month)
+        refuse_overrides_unknown_to(rulebook, applied.in_force, month)
+        found[month] = applied
+    return found
+
+
 @contextlib.contextmanager
 def open_session(request: RunRequest, listener: RunListener | None = None) -> Iterator[Session]:
     """Resolve, check, lock, recover and plan ``request``; the store stays locked until the context ends."""
-    from billing_tiers.history import plan_backfill, plan_run, refuse_rulebook_change
+    from billing_tiers.planning import plan_backfill, plan_run, refuse_rulebook_change
 
     listener = listener or LoggingListener()
     rulebook = load_rulebook(request.rulebook)
@@ -148,6 +167,7 @@ def open_session(request: RunRequest, listener: RunListener | None = None) -> It
         )
         refuse_rulebook_change(store, plan.build_on, rulebook)
         check_extract_footers(extracts, plan.months)
+        overrides = month_overrides(store, plan.months, rulebook)
         yield Session(
             request=request,
             store=store,
@@ -156,6 +176,7 @@ def open_session(request: RunRequest, listener: RunListener | None = None) -> It
             months=plan.months,
             build_on=plan.build_on,
             listener=listener,
+            overrides=overrides,
         )
 
 
@@ -192,6 +213,7 @@ def run_session(
             logger=logger,
             dry_run=request.command == "check",
             flow_run_id=flow_run_id,
+            overrides=session.overrides.get(month),
         ).as_dict()  # the typed manifest as the adapters hand it on (JSON-ready for Prefect and --json)
         manifests.append(manifest)
         session.listener.month_done(manifest, index, total)

@@ -88,6 +88,8 @@ class BucketJob:
     replaced: tuple[PartRef, ...] | None = None
     """The bucket's share of the month's tier rows as published before; None when the month was not
     published before or that version cannot be read (its ``changes`` part is then empty)."""
+    overrides: Path | None = None
+    """The bucket's share of the overrides in force (a scratch file); None: no override applies."""
 
     @property
     def label(self) -> str:
@@ -400,6 +402,7 @@ def evaluate_bucket(job: BucketJob) -> BucketResult:
             month=job.month,
             month_end=month_end(job.month),
             rulebook=job.rulebook,
+            overrides=pl.scan_parquet(job.overrides) if job.overrides is not None else None,
         )
         tier, cards, next_state, next_memberships, members_at_risk = pl.collect_all(evaluated.frames())
         tables = {

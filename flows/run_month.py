@@ -30,10 +30,11 @@ from billing_tiers.errors import PipelineError
 from billing_tiers.extract_io import SplitFile, split_extract_file
 from billing_tiers.health import table_damage
 from billing_tiers.months import month_label
+from billing_tiers.overrides import MonthOverrides
 from billing_tiers.store import Store, extract_files, run_tag
 from flows.bucket import BucketJob, BucketResult, MonthFigures, PartRef, evaluate_bucket
 from rulebook import Rulebook
-from schemas.contract import CARRIED_TABLES, QUARANTINE, STORE_TABLES, TIER_ASSIGNMENTS
+from schemas.contract import CARRIED_TABLES, ENGINE_OVERRIDE_COLUMNS, QUARANTINE, STORE_TABLES, TIER_ASSIGNMENTS
 from schemas.manifest import (
     MANIFEST_FORMAT_VERSION,
     BuiltFrom,
@@ -41,6 +42,7 @@ from schemas.manifest import (
     GuardRecord,
     InputFile,
     Manifest,
+    OverridesRecord,
     RulebookRecord,
 )
 from transforms.buckets import bucket_numbers
@@ -240,6 +242,7 @@ def _bucket_jobs(
     previous: Manifest | None,
     replaced: ReplacedVersion | None,
     rulebook: Rulebook,
+    overrides: MonthOverrides | None,
 ) -> list[BucketJob]:
     """One job per bucket, with its share of the previous month and of the version it replaces.
     Every folder a bucket writes to is made here: a bucket never makes one (see ``Store.discard``)."""
@@ -256,6 +259,7 @@ def _bucket_jobs(
     staged_dirs = {table: target.staged_table_dir(run_id, table) for table in STORE_TABLES}
     for folder in [*staged_dirs.values(), target.scratch_missing_dir(run_id)]:
         folder.mkdir(parents=True, exist_ok=True)
+    override_files = _split_overrides(run, overrides, count)
     return [
         BucketJob(
             month=run.month,
@@ -270,9 +274,28 @@ def _bucket_jobs(
             replaced=old_tiers[bucket] if old_tiers is not None else None,
             tag=run_tag(run_id),
             rulebook=rulebook,
+            overrides=override_files.get(bucket),
         )
         for bucket in range(count)
     ]
+
+
+def _split_overrides(run: _Run, overrides: MonthOverrides | None, count: int) -> dict[int, Path]:
+    """The overrides in force, one scratch file per bucket that has any (a bucket reads only its own)."""
+    if overrides is None or overrides.in_force.height == 0:
+        return {}
+    folder = run.target.staging_dir(run.run_id) / "overrides"
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = overrides.in_force.select(ENGINE_OVERRIDE_COLUMNS)
+    numbers = bucket_numbers(frame["subscriber_id"], count)
+    files = {}
+    for (bucket,), piece in (
+        frame.with_columns(numbers.alias("_bucket")).partition_by("_bucket", as_dict=True, include_key=False).items()
+    ):
+        path = folder / f"bucket-{int(bucket):05d}.parquet"
+        piece.write_parquet(path)
+        files[int(bucket)] = path
+    return files
 
 
 def _check_guards(run: _Run, figures: MonthFigures, rulebook: Rulebook, override_guards: bool) -> GuardFigures:
@@ -310,6 +333,7 @@ def _manifest(
     rulebook_path: Path | None,
     dry_run: bool,
     flow_run_id: str | None,
+    overrides: MonthOverrides | None,
 ) -> Manifest:
     """The month's manifest from what the run read and what its buckets reported; logs what an
     operator should notice (a changed rulebook, duplicates, ignored columns, an unreadable version)."""
@@ -327,6 +351,14 @@ def _manifest(
             "month %s: the published version could not be read (%s): its changes are empty", label, replaced.unreadable
         )
     breaches = guards.breaches()
+    applied = OverridesRecord(
+        in_force=sorted(overrides.override_ids) if overrides is not None else [],
+        ledger_sha256=overrides.checksum if overrides is not None else None,
+    )
+    before = replaced.manifest.overrides if replaced is not None and replaced.manifest is not None else None
+    if before is not None and (before.in_force, before.ledger_sha256) != (applied.in_force, applied.ledger_sha256):
+        applied = applied.model_copy(update={"changed_from_replaced": True})
+        run.log.warning("month %s: the overrides in force differ from those of the version replaced", label)
     return Manifest(
         format_version=MANIFEST_FORMAT_VERSION,
         billing_month=label,
@@ -344,6 +376,7 @@ def _manifest(
             sha256=rulebook.checksum,
             changed_from_previous=rulebook_changed,
         ),
+        overrides=applied,
         inputs=[InputFile.model_validate(f.as_dict()) for f in split],
         ignored_columns=ignored,
         rows_read=figures.rows_read,
@@ -413,6 +446,7 @@ def run_month(
     dry_run: bool = False,
     flow_run_id: str | None = None,
     publish_into: Store | None = None,
+    overrides: MonthOverrides | None = None,
 ) -> Manifest:
     """Evaluate and publish one month on top of the published ``build_on`` month (None: empty).
 
@@ -420,7 +454,8 @@ def run_month(
     publish, and the manifest it would have published. When a guard stops the month, the rejected
     rows go to ``<store>/_rejected/`` and :class:`GuardError` says where. ``publish_into`` (for
     ``simulate``) reads the history from ``store`` but stages and publishes into another store, so
-    ``store`` is not written at all. The caller holds the store's writer lock.
+    ``store`` is not written at all. The caller holds the store's writer lock. ``overrides`` are the
+    approved overrides in force for the month (SPEC 9; None: none), joined per bucket like the state.
 
     A month published before is replaced: its ``changes`` compare with that version's tier rows,
     unless that version cannot be read (damaged), which is then recorded and never read."""
@@ -438,7 +473,7 @@ def run_month(
         with run.step("read_extract"):
             count, split = _split_extract(run, extracts, buckets)
         with run.step("load_previous_state"):
-            jobs = _bucket_jobs(run, count, split, build_on, previous, replaced, rulebook)
+            jobs = _bucket_jobs(run, count, split, build_on, previous, replaced, rulebook, overrides)
         with run.step("evaluate_buckets"):
             figures = MonthFigures.total(map_buckets(evaluate_bucket, jobs))
         guards = _check_guards(run, figures, rulebook, override_guards)
@@ -456,6 +491,7 @@ def run_month(
             rulebook_path=rulebook_path,
             dry_run=dry_run,
             flow_run_id=flow_run_id,
+            overrides=overrides,
         )
     except BaseException:
         run.target.discard(run.run_id)

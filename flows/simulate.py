@@ -19,6 +19,7 @@ import polars as pl
 from billing_tiers.errors import PipelineError
 from billing_tiers.months import add_months, month_label
 from billing_tiers.planning import refuse_rulebook_change
+from billing_tiers.service import month_overrides
 from billing_tiers.store import Store
 from flows.run_month import run_month
 from rulebook import Rulebook
@@ -68,6 +69,7 @@ def simulate_month(
             override_guards=True,  # the month is simulated, not published: show it whatever the guards say
             buckets=buckets,
             publish_into=scratch,
+            overrides=month_overrides(store, [month], rulebook)[month],  # the same overrides as a run applies
         )
         simulated_tiers = scratch.read_table("tier_assignments", month)
         simulated_cards = scratch.read_table("card_issuance", month)

@@ -102,6 +102,17 @@ class TransitionRow(_Record):
     members: int
 
 
+class OverridesRecord(BaseModel):
+    """The manual overrides a month applied (SPEC 9): the ids in force, the checksum of the ledger
+    entries used, and whether they differ from those of the version this run replaced."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    in_force: list[str] = Field(default_factory=list)
+    ledger_sha256: str | None = None
+    changed_from_replaced: bool = False
+
+
 class Manifest(_Record):
     """A published month's manifest. Required: what identifies the month and its lineage, what the
     next month and the readers cannot do without (``tables``, ``summary``, ``rulebook``)."""
@@ -117,6 +128,7 @@ class Manifest(_Record):
     extracts: str | None = None
     """The extracts folder the run read (as given to it)."""
     rulebook: RulebookRecord
+    overrides: OverridesRecord = Field(default_factory=OverridesRecord)
     inputs: list[InputFile] = Field(default_factory=list)
     ignored_columns: list[str] = Field(default_factory=list)
     rows_read: int = 0

@@ -88,20 +88,18 @@ def assert_readable(store: Path) -> None:
 
 
 View = Mapping[str, pl.DataFrame | None]
-"""What readers find of each table of one month: None when its folder holds no part file, else
-its rows, read as :func:`assert_same_store` reads them."""
+"""What a reader listing each table's month folder finds (as Polars or DuckDB over the hive folders
+do, manifest or not): None when the folder holds no part file, else the rows of every part, sorted
+so that two stores compare whatever their bucket counts."""
 
 ABSENT: View = dict.fromkeys(TABLES)
 
 
 def month_view(store: Path, month: str) -> View:
-    found = contents(store)
     view: dict[str, pl.DataFrame | None] = {}
     for table in TABLES:
-        if any((store / table / f"billing_month={month}").glob("*.parquet")):
-            view[table] = found[table].filter(pl.col("billing_month") == month)
-        else:
-            view[table] = None
+        parts = sorted((store / table / f"billing_month={month}").glob("*.parquet"))
+        view[table] = pl.concat([pl.read_parquet(part) for part in parts]).sort(pl.all()) if parts else None
     return view
 
 
