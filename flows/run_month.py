@@ -124,6 +124,10 @@ def code_version() -> str:
     return f"{__version__}+g{commit}" if commit else __version__
 
 
+MISSING_SUBSCRIBERS_FILE = "missing_subscribers.parquet"
+"""Beside the rejected rows: the previous extract's ids with no row this month (what the missing guard counted)."""
+
+
 def _write_rejected(store: Store, run_id: str, month: dt.date) -> Path:
     """Gather the rows a guard rejected (and the missing ids) where the operator can read them."""
     target = store.rejected_file(month)
@@ -137,19 +141,42 @@ def _write_rejected(store: Store, run_id: str, month: dt.date) -> Path:
     missing = sorted(store.scratch_missing_dir(run_id).glob("*.parquet"))
     if missing:
         pl.concat([pl.read_parquet(path) for path in missing]).sort("subscriber_id").write_parquet(
-            folder / "missing_subscribers.parquet"
+            folder / MISSING_SUBSCRIBERS_FILE
         )
     return target
 
 
-class GuardError(PipelineError):
-    """A guard stopped the month; carries the figures for ``check`` to print."""
+CLI_OVERRIDE_HINT = "rerun with --override-guards to publish anyway"
+DEPLOYMENT_OVERRIDE_HINT = "run the deployment again with the parameter override_guards set to true to publish anyway"
 
-    def __init__(self, message: str, *, guards: GuardFigures, quarantine_by_rule: dict[str, int], rejected: Path):
-        super().__init__(message)
+
+class GuardError(PipelineError):
+    """A guard stopped the month; carries the figures for ``check`` to print. The message ends with
+    how to publish anyway, in the words of where the run was started (the CLI's by default)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        guards: GuardFigures,
+        quarantine_by_rule: dict[str, int],
+        rejected: Path,
+        hint: str = CLI_OVERRIDE_HINT,
+    ):
+        super().__init__(f"{message} ({hint})")
+        self.bare_message = message
         self.guards = guards
         self.quarantine_by_rule = quarantine_by_rule
         self.rejected = rejected
+
+    def with_hint(self, hint: str) -> GuardError:
+        return GuardError(
+            self.bare_message,
+            guards=self.guards,
+            quarantine_by_rule=self.quarantine_by_rule,
+            rejected=self.rejected,
+            hint=hint,
+        )
 
 
 @dataclass(frozen=True)
@@ -305,9 +332,13 @@ def _check_guards(run: _Run, figures: MonthFigures, rulebook: Rulebook, override
     breaches = guards.breaches()
     if breaches and not override_guards:
         rejected = _write_rejected(run.target, run.run_id, run.month)
+        where = []
+        if guards.quarantine_breached:
+            where.append(f"the quarantined rows are in {rejected}")
+        if guards.missing_breached:
+            where.append(f"the missing subscribers' ids are in {rejected.parent / MISSING_SUBSCRIBERS_FILE}")
         raise GuardError(
-            f"month {run.label}: guard failed, nothing published: {'; '.join(breaches)}; "
-            f"rejected rows in {rejected} (rerun with --override-guards to publish anyway)",
+            f"month {run.label}: guard failed, nothing published: {'; '.join(breaches)}; {'; '.join(where)}",
             guards=guards,
             quarantine_by_rule=figures.quarantine_rows_by_rule(),
             rejected=rejected,

@@ -33,17 +33,26 @@ class GuardFigures:
     def breaches(self) -> list[str]:
         """One sentence per guard that the month breaks (empty when both hold)."""
         found = []
-        if self.quarantine_ratio > Fraction(self.max_quarantine_ratio):
+        if self.quarantine_breached:
             found.append(
                 f"{self.quarantined_rows} of {self.rows_after_duplicates} rows quarantined "
-                f"({float(self.quarantine_ratio):.2%} > max_quarantine_ratio {self.max_quarantine_ratio})"
+                f"({float(self.quarantine_ratio):.2%} > max_quarantine_ratio {float(self.max_quarantine_ratio):.2%})"
             )
-        if self.missing_ratio > Fraction(self.max_missing_ratio):
+        if self.missing_breached:
             found.append(
                 f"{self.missing_subscribers} of {self.previous_subscribers} subscribers of the previous "
-                f"extract have no row ({float(self.missing_ratio):.2%} > max_missing_ratio {self.max_missing_ratio})"
+                f"extract have no row ({float(self.missing_ratio):.2%} > max_missing_ratio "
+                f"{float(self.max_missing_ratio):.2%})"
             )
         return found
+
+    @property
+    def quarantine_breached(self) -> bool:
+        return self.quarantine_ratio > Fraction(self.max_quarantine_ratio)
+
+    @property
+    def missing_breached(self) -> bool:
+        return self.missing_ratio > Fraction(self.max_missing_ratio)
 
     def as_dict(self) -> dict[str, object]:
         return {
