@@ -11,10 +11,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.bucket import CleanRows, clean_rows, read_month_rows
+from flows.bucket import CleanRows, clean_rows
 from schemas.contract import CONFLICTING_ROWS, CONTRACT_COLUMNS, NULLABLE_EXTRACT_COLUMNS, QUARANTINE_RULES
 from schemas.extract import extract_rules, printable_subscriber_id, required_rule
 from tests.extract_factory import row, write_extract
+from tests.extract_rows import read_month_rows
 from transforms.extract import visible_text
 
 MONTH = dt.date(2024, 3, 1)
