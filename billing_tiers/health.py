@@ -182,6 +182,8 @@ class StoreHealth:
     running: RunInProgress | None
     interrupted: list[str] = field(default_factory=list)
     """Staging folders of runs that died (no live owner holds the lock)."""
+    publishing: list[dt.date] = field(default_factory=list)
+    """Months the running run is swapping in right now (past its commit point)."""
 
     def in_progress(self, month: dt.date) -> bool:
         return self.running is not None and self.running.covers(month)
@@ -210,7 +212,7 @@ class StoreHealth:
             rows.append(
                 {
                     "billing_month": month_label(s.month),
-                    "status": "ok" if s.healthy else s.problem,
+                    "status": "ok" if s.healthy else "publishing" if s.month in self.publishing else s.problem,
                     "run_id": manifest.run_id if manifest else None,
                     "built_from": manifest.built_from.month if manifest else None,
                     "created_at": manifest.created_at if manifest else None,
@@ -247,6 +249,9 @@ class StoreHealth:
         lines = []
         for s in self.months:
             if s.healthy:
+                continue
+            if s.month in self.publishing:
+                lines.append(f"{month_label(s.month)}: publishing (the running run is swapping it in)")
                 continue
             suffix = " (the running run is replacing it)" if self.in_progress(s.month) else ""
             lines.append(f"{month_label(s.month)}: {s.problem}{suffix}")
@@ -287,4 +292,5 @@ def store_health(store: Store, extracts: Path | None, *, verify_checksums: bool 
         rejected=store.rejected_months(),
         running=running,
         interrupted=[] if running is not None else pending,
+        publishing=store.publishing_months() if running is not None else [],
     )

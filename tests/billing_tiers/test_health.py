@@ -153,6 +153,14 @@ def test_a_live_run_is_running_not_interrupted_and_its_months_are_work_in_progre
         assert any(line.startswith(f"running: pid {holder.pid}, run --month 2024-04, since ") for line in notes)
         assert not any("interrupted" in line for line in notes)
         assert health.as_json()["running"]["command"] == "run --month 2024-04"
+        # past its commit point the run swaps its month in: shown as publishing, not as damage
+        journal = {"month": "2024-03", "run_id": "run-x", "manifest": {}}
+        (store.staging_dir("run-x") / "journal.json").write_text(json.dumps(journal))
+        store.manifest_file(MARCH).unlink()
+        health = store_health(store, extracts)
+        assert health.publishing == [MARCH] and health.month_rows()[2]["status"] == "publishing"
+        assert "2024-03: publishing (the running run is swapping it in)" in health.notes(store, extracts)
+        publish(store, "2024-03", "a3", "2024-02", "a2")
         flip_bytes(part(store, "state", MARCH))  # damage the run does not replace still needs attention
         assert store_health(store, extracts).needs_attention
     finally:

@@ -58,7 +58,7 @@ def publish_and_compare(case: Case, workdir: Path, coverage: Coverage) -> None:
     for label, rows in zip(labels, monthly, strict=True):
         month = parse_month(label)
         tables = {name: reader.read_table(name, month) for name in COMPARED}
-        assert reader.read_manifest(month)["buckets"] == BUCKETS  # type: ignore[index]
+        assert reader.manifest(month).buckets == BUCKETS
         compare_month(label, tables, reference.run(label, rows, case.in_force(labels.index(label))))
         coverage.add(tables)
 
