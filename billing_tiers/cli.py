@@ -201,6 +201,11 @@ def _print_summary(manifests: list[dict[str, Any]]) -> None:
             notes.append(f"tier rows changed from the version replaced: {shown}")
         if (manifest.get("rulebook") or {}).get("changed_from_previous"):
             notes.append("the rulebook differs from the one the previous month was built with")
+        applied = manifest.get("overrides") or {}
+        if applied.get("in_force"):
+            notes.append(f"overrides in force: {', '.join(applied['in_force'])}")
+        if applied.get("changed_from_replaced"):
+            notes.append("the overrides in force differ from those of the version replaced")
         display.line(
             f"{manifest['billing_month']}: {tables['tier_assignments']['rows']} tier rows, "
             f"{tables['card_issuance']['rows']} card events, {tables['quarantine']['rows']} quarantined, "
