@@ -34,13 +34,13 @@ def write_marker(marker: Path, text: str) -> None:
     os.replace(temporary, marker)
 
 
-def pause_at(step: str, occurrence: int, marker: Path, give_up: float) -> None:
-    """Replace the publish seam: the ``occurrence``-th ``step`` writes ``marker`` and blocks."""
+def pause_at(target: str, occurrence: int, marker: Path, give_up: float) -> None:
+    """Replace the publish seam: the ``occurrence``-th ``target`` step writes ``marker`` and blocks."""
     seen = 0
 
-    def checkpoint(reached: str) -> None:
+    def checkpoint(step: str) -> None:
         nonlocal seen
-        if reached != step:
+        if step != target:
             return
         seen += 1
         if seen != occurrence:
