@@ -110,7 +110,7 @@ EXTRACT_COLUMNS: dict[str, str] = {
 }
 """The extract as delivered: column -> the kind of type it must be readable as (SPEC section 2)."""
 
-EXTRACT_FILE_DTYPES: dict[str, pl.DataType] = {
+_ID_AND_ATTRIBUTE_DTYPES: dict[str, pl.DataType] = {
     "subscriber_id": pl.String(),
     "customer_type": pl.String(),
     "service_type": pl.String(),
@@ -121,6 +121,11 @@ EXTRACT_FILE_DTYPES: dict[str, pl.DataType] = {
     "brand": pl.String(),
     "activation_date": pl.Date(),
     "status": pl.String(),
+}
+"""The extract's id and attribute columns, typed the same in a written file and in the normalized rows."""
+
+EXTRACT_FILE_DTYPES: dict[str, pl.DataType] = {
+    **_ID_AND_ATTRIBUTE_DTYPES,
     "billed_amount": pl.Decimal(12, 2),
     "paid_amount": pl.Decimal(12, 2),
     "suspension_count": pl.Int32(),
@@ -138,16 +143,7 @@ MONEY_FEN_COLUMN = {"billed_amount": "billed_fen", "paid_amount": "paid_fen"}
 FEN_SOURCE_COLUMN = {fen: yuan for yuan, fen in MONEY_FEN_COLUMN.items()}
 
 CONTRACT_COLUMNS: dict[str, pl.DataType] = {
-    "subscriber_id": pl.String(),
-    "customer_type": pl.String(),
-    "service_type": pl.String(),
-    "plan_category": pl.String(),
-    "payment_type": pl.String(),
-    "account_class": pl.String(),
-    "real_name_verified": pl.Boolean(),
-    "brand": pl.String(),
-    "activation_date": pl.Date(),
-    "status": pl.String(),
+    **_ID_AND_ATTRIBUTE_DTYPES,
     "billed_fen": pl.Int64(),
     "paid_fen": pl.Int64(),
     "suspension_count": pl.Int64(),

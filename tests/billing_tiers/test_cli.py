@@ -233,7 +233,7 @@ def test_check_is_a_dry_run_exit_0_when_run_would_publish_2_when_a_guard_would_s
     code, output = invoke("check", "--month", "2024-01", "--extracts", str(extracts), "--store", str(store))
     assert code == 2
     assert "guards: 1 of 51 rows quarantined" in output and "quarantined by status_allowed_value: 1" in output
-    assert f"rejected rows in {store}/_rejected/billing_month=2024-01/quarantine.parquet" in output
+    assert f"the quarantined rows are in {store}/_rejected/billing_month=2024-01/quarantine.parquet" in output
     write_extract(extracts, "2024-01", [row(f"s{i}") for i in range(50)])
     code, output = invoke("check", "--month", "2024-01", "--extracts", str(extracts), "--store", str(store))
     assert code == 0, output
