@@ -700,6 +700,44 @@ def prepare_store(
     return store, preparation
 
 
+def approve_overrides_for(store: Path, extracts: Path, month: dt.date, count: int) -> None:
+    """Record ``count`` approved, open-ended overrides from ``month`` on its first subscribers through the
+    override commands' own functions (one add batch, one approve batch): what a run then applies."""
+    import pyarrow.dataset as ds
+
+    from billing_tiers.overrides import add_overrides, approve_overrides, parse_request, read_ledger
+    from billing_tiers.store import Store
+    from rulebook import load_rulebook
+
+    the_store = Store(store)
+    if read_ledger(the_store).height:
+        say(f"the ledger of {store} already has overrides: not adding more")
+        return
+    folder = extracts / f"billing_month={month_label(month)}"
+    ids = ds.dataset(folder, format="parquet").head(count, columns=["subscriber_id"]).column(0).to_pylist()
+    rulebook = load_rulebook()
+    requests = [
+        parse_request(
+            {
+                "program": "unicom_vip" if index % 2 == 0 else "unicom_star",
+                "subscriber_id": subscriber,
+                "kind": "grant" if index % 2 == 0 else "block",
+                "level": "gold" if index % 2 == 0 else None,
+                "first_month": month_label(month),
+                "last_month": None,
+                "reason": "benchmark",
+            },
+            rulebook,
+            "bundled rulebook",
+        )
+        for index, subscriber in enumerate(ids)
+    ]
+    started = time.perf_counter()
+    added = add_overrides(the_store, requests, by="benchmark requester")
+    approve_overrides(the_store, added, by="benchmark approver")
+    say(f"{len(added)} overrides added and approved in {time.perf_counter() - started:.1f} s")
+
+
 def engine_timings(store: Path, month: dt.date) -> dict[str, Any]:
     """The month's manifest timings: each step, the engine time and the bucket count if any."""
     path = manifest_path(store, month)
@@ -1132,6 +1170,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="start no `prefect server`: each command starts Prefect's temporary server",
     )
     parser.add_argument("--no-duckdb-peer", action="store_true", help="do not run the DuckDB peer")
+    parser.add_argument(
+        "--overrides",
+        type=int,
+        default=0,
+        help="approve this many overrides in force for the measured month first (half VIP grants, half star "
+        "blocks, on the month's first subscribers; the store's ledger keeps them) (0)",
+    )
     parser.add_argument("--clean", action="store_true", help="remove the work folder at the end")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     internal = parser.add_argument_group("DuckDB peer process (internal: the benchmark runs itself with these)")
@@ -1173,6 +1218,8 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             prefect_description = f"local `prefect server` at {server.api_url}, started by the benchmark"
         cli = Cli.probe(env, args.buckets)
         store, _ = prepare_store(cli, spec, workdir, prepare_through, args.reuse_store)
+        if args.overrides:
+            approve_overrides_for(store, extracts, measured_months[0], args.overrides)
         if args.measure == "backfill":
             label = f"billing-tiers backfill {month_label(measured_months[0])}..{month_label(last)}"
             command = cli.backfill(measured_months[0], last, extracts, store)
