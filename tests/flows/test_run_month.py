@@ -172,7 +172,7 @@ def test_a_dry_run_publishes_nothing_and_a_guard_stop_leaves_the_rejected_rows(t
     from flows.run_month import GuardError
 
     with pytest.raises(
-        GuardError, match=r"rejected rows in .*_rejected/billing_month=2024-02/quarantine.parquet"
+        GuardError, match=r"the quarantined rows are in .*_rejected/billing_month=2024-02/quarantine.parquet"
     ) as stop:
         _run(store, extracts, "2024-02", "2024-01", buckets=2, dry_run=True)
     assert stop.value.quarantine_by_rule == {"customer_type_allowed_value": 1}
@@ -211,7 +211,7 @@ def test_ids_with_hidden_characters_are_quarantined_in_every_bucket_and_odd_look
     filler = [row(f"f{i:04d}") for i in range(1000)]  # 9 of 1014 rows quarantined: inside the 1% guard
     write_extract(tmp_path / "x", "2024-01", [*[row(i) for i in [*bad, *odd]], row("x" * 33), *filler])
     manifest = _run(tmp_path / "s", tmp_path / "x", "2024-01", None, buckets=3)
-    assert manifest["quarantine_by_rule"] == {"subscriber_id_characters": 8, "subscriber_id_length": 1}
+    assert manifest.quarantine_by_rule == {"subscriber_id_characters": 8, "subscriber_id_length": 1}
     store = Store(tmp_path / "s")
     quarantine = pl.read_parquet(store.month_dir("quarantine", dt.date(2024, 1, 1))).sort("source_row")
     assert quarantine.select("subscriber_id", "rule").rows() == [
@@ -248,7 +248,7 @@ def test_the_manifest_checksum_is_of_the_extract_bytes_the_run_read_even_if_the_
     replace_when_parsed(monkeypatch, path, new, in_place=False)
     manifest = _run(tmp_path / "s", tmp_path / "x", "2024-01", None, buckets=3)
     assert path.read_bytes() == new
-    assert [f["sha256"] for f in manifest["inputs"]] == [hashlib.sha256(old).hexdigest()]
+    assert [f.sha256 for f in manifest.inputs] == [hashlib.sha256(old).hexdigest()]
     tiers = pl.read_parquet(Store(tmp_path / "s").month_dir("tier_assignments", dt.date(2024, 1, 1)))
     assert sorted(set(tiers["subscriber_id"])) == [f"old{i:02d}" for i in range(40)]
 
