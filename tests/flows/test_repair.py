@@ -303,7 +303,7 @@ def test_status_during_a_healthy_run_shows_it_running_and_check_passes(extracts:
         where = ["--store", str(store), "--extracts", str(extracts)]
         code, output = invoke("status", *where)
         assert code == 0
-        assert f"running: pid {process.pid}, backfill --from 2024-01, since " in output
+        assert f"running: pid {process.pid}, backfill --from 2024-01 --to latest, since " in output
         assert "interrupted" not in output
         code, _ = invoke("status", *where, "--check")
         assert code == 0
