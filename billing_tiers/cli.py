@@ -260,10 +260,6 @@ def init(
         display.line(f"store {display.literal(store)} is already a store; nothing changed")
 
 
-def _request(command: Any, **fields: Any) -> RunRequest:
-    return RunRequest(command=command, **fields)
-
-
 def _run_with_prefect(
     request: RunRequest, debug: bool, dask_address: str | None, dask_workers: int | None, dask_timeout: float | None
 ) -> Any:
@@ -302,8 +298,10 @@ def check(
     from billing_tiers.service import run_request
 
     def action() -> dict[str, Any]:
-        request = _request("check", store=store, first=parse_month(month), extracts=extracts, rulebook=rulebook,
-                           buckets=buckets)  # fmt: skip
+        request = RunRequest(
+            command="check", store=store, first=parse_month(month), extracts=extracts, rulebook=rulebook,
+            buckets=buckets,
+        )  # fmt: skip
         try:
             return run_request(request)[0]
         except PipelineError as exc:
@@ -345,8 +343,10 @@ def run(
     """Evaluate one billing month (the next one, or a rerun of the latest) and publish it."""
 
     def action() -> list[dict[str, Any]]:
-        request = _request("run", store=store, first=parse_month(month), extracts=extracts, rulebook=rulebook,
-                           override_guards=override_guards, buckets=buckets)  # fmt: skip
+        request = RunRequest(
+            command="run", store=store, first=parse_month(month), extracts=extracts, rulebook=rulebook,
+            override_guards=override_guards, buckets=buckets,
+        )  # fmt: skip
         result: list[dict[str, Any]] = _run_with_prefect(request, debug, dask_address, dask_workers, dask_timeout)
         return result
 
@@ -370,9 +370,10 @@ def backfill(
     """Recompute months in order from --from through --to, replacing what was published."""
 
     def action() -> list[dict[str, Any]]:
-        request = _request("backfill", store=store, first=parse_month(start), last=parse_month(end) if end else None,
-                           extracts=extracts, rulebook=rulebook, override_guards=override_guards,
-                           buckets=buckets)  # fmt: skip
+        request = RunRequest(
+            command="backfill", store=store, first=parse_month(start), last=parse_month(end) if end else None,
+            extracts=extracts, rulebook=rulebook, override_guards=override_guards, buckets=buckets,
+        )  # fmt: skip
         result: list[dict[str, Any]] = _run_with_prefect(request, debug, dask_address, dask_workers, dask_timeout)
         return result
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -49,7 +48,7 @@ def literal(value: object) -> str:
         return text
     escaped = []
     for char in text:
-        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") or (not char.isprintable() and char != " "):
+        if not char.isprintable():  # Cc, Cf, line and paragraph separators, unassigned; not a plain space
             code = ord(char)
             if char == "\n":
                 escaped.append("\\n")

@@ -562,20 +562,7 @@ last month: the requested one (null: open), or after a revoke from M the earlier
 revoke from a month at or before ``first_month`` leaves ``last_month`` before ``first_month`` (no
 effective month; ``removed`` is then true)."""
 
-OVERRIDE_LIST_KEYS = (
-    "override_id",
-    "program",
-    "subscriber_id",
-    "kind",
-    "level",
-    "first_month",
-    "last_month",
-    "reason",
-    "ticket",
-    "requested_by",
-    "approved_by",
-    "status",
-)
+OVERRIDE_LIST_KEYS = ("override_id", *OVERRIDE_IMPORT_HEADER, "requested_by", "approved_by", "status")
 """The keys of ``override list --json`` and of ``status``'s pending overrides, in this order (SPEC 9)."""
 
 OVERRIDES_IN_FORCE = Table(
