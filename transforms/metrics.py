@@ -65,7 +65,15 @@ def carry_subscribers(
         pl.col("suspension_count"),
         pl.lit(True).alias("present"),
     )
-    joined = state.join(current, on="subscriber_id", how="full", coalesce=True, maintain_order="left_right")
+    # A left join keeps the state's columns in place (a full join gathers every one of them); the
+    # month's rows have one row per subscriber, so the subscribers new to the state follow in extract order.
+    joined = pl.concat(
+        [
+            state.join(current, on="subscriber_id", how="left", maintain_order="left"),
+            current.join(state.select("subscriber_id"), on="subscriber_id", how="anti", maintain_order="left"),
+        ],
+        how="diagonal",
+    )
     present = pl.col("present").fill_null(False)
     is_new = pl.col("months_in_state").is_null()
     carried = joined.with_columns(
