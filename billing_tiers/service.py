@@ -190,7 +190,7 @@ def run_session(
 ) -> list[dict[str, Any]]:
     """Evaluate the session's months in order (``check``: the one month, publishing nothing).
 
-    ``map_buckets`` runs the bucket function over the jobs (default: one after another here);
+    ``map_buckets`` runs the bucket function over the jobs (default: two at a time in this process);
     ``after_month(month, manifest, is_last)`` lets a flow add its report once a month is published."""
     from flows.run_month import map_in_process, run_month
 

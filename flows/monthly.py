@@ -2,7 +2,7 @@
 
 Each is a thin adapter around the application layer (:mod:`billing_tiers.service`): it turns its
 parameters into a request, opens the session (rulebook, store lock, recovery, plan, checks) and runs
-its months with the buckets mapped as Prefect tasks over the flow's task runner: one bucket at a time
+its months with the buckets mapped as Prefect tasks over the flow's task runner: two buckets at a time
 in this process by default, or a Dask cluster (:func:`task_runner`). ``run_prepared`` is the command
 line's flow, for a session the CLI has already opened. Prefect's task cache is off everywhere:
 correctness never depends on it.
@@ -28,14 +28,14 @@ from billing_tiers.service import Command, LoggingListener, RunRequest, Session,
 from billing_tiers.store import Store
 from flows import dask_cluster
 from flows.bucket import BucketJob, BucketResult
-from flows.run_month import DEPLOYMENT_OVERRIDE_HINT, GuardError
+from flows.run_month import BUCKETS_AT_ONCE, DEPLOYMENT_OVERRIDE_HINT, GuardError
 
 
 def task_runner(
     *, dask_address: str | None = None, dask_workers: int | None = None, dask_timeout: float | None = None
 ) -> TaskRunner[Any]:
     """Where the buckets run: an existing Dask cluster, a local one started for the run, or (default)
-    one bucket at a time in this process, since Polars already uses every core inside a bucket.
+    :data:`flows.run_month.BUCKETS_AT_ONCE` buckets at a time in this process.
 
     On Dask, ``dask_timeout`` (default :data:`flows.dask_cluster.DASK_TIMEOUT_SECONDS`) bounds the
     wait for the scheduler and for a worker (:mod:`flows.dask_cluster`); it travels as the Dask
@@ -59,7 +59,7 @@ def task_runner(
             },
             client_kwargs=client_kwargs,
         )
-    return ThreadPoolTaskRunner(max_workers=1)
+    return ThreadPoolTaskRunner(max_workers=BUCKETS_AT_ONCE)
 
 
 def backfill_run_name() -> str:

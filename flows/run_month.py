@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +57,26 @@ ROWS_PER_BUCKET = 250_000
 subscribers evaluates in well under a gigabyte, and fewer buckets mean fewer, larger part files."""
 
 
+BUCKETS_AT_ONCE = 2
+"""Buckets evaluated at the same time in one process. Much of a bucket's time runs on one core
+(Pandera, building plans, Polars' smaller steps), so a second bucket fills the other one: at 2M
+subscribers on 2 cores it cut the month's bucket time by a third for about 0.6 GiB more peak
+memory (each bucket holds about 250,000 subscribers whatever the base, so the peak stays flat)."""
+
+
 def map_in_process(work: Callable[[BucketJob], BucketResult], jobs: Sequence[BucketJob]) -> list[BucketResult]:
-    """One bucket after another in this process (Polars already uses every core inside a bucket)."""
-    return [work(job) for job in jobs]
+    """:data:`BUCKETS_AT_ONCE` buckets at a time in this process, results in job order. When one
+    fails, the buckets not started are cancelled and the running ones finish before it is raised."""
+    if len(jobs) <= 1:
+        return [work(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=BUCKETS_AT_ONCE, thread_name_prefix="bucket") as pool:
+        futures = [pool.submit(work, job) for job in jobs]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def automatic_buckets(rows: int) -> int:
