@@ -40,7 +40,7 @@ from schemas.contract import (
 from schemas.extract import extract_rules, required_rule
 from schemas.manifest import PartEntry, SummaryRow, TableEntry, TransitionRow
 from schemas.outputs import check_evaluated_subscribers, check_table
-from transforms.changes import tier_changes
+from transforms.changes import CHANGE_KEYS, tier_changes
 from transforms.evaluate import evaluate_month
 from transforms.extract import collapse_duplicates, conflicting_row_ids, presence, quarantine_table, visible_details
 from transforms.guards import GuardFigures, missing_subscribers
@@ -370,7 +370,8 @@ def _changes(job: BucketJob, tier: pl.DataFrame) -> pl.DataFrame:
     old = _read_parts(job.replaced, TIER_ASSIGNMENTS.schema)
     if old.height == 0:
         old = TIER_ASSIGNMENTS.empty()
-    return tier_changes(before=old.lazy(), after=tier.lazy()).collect()
+    aligned = old.height == tier.height and old.select(CHANGE_KEYS).equals(tier.select(CHANGE_KEYS))
+    return tier_changes(before=old.lazy(), after=tier.lazy(), aligned=aligned).collect()
 
 
 def evaluate_bucket(job: BucketJob) -> BucketResult:
