@@ -15,6 +15,7 @@ import polars as pl
 
 from rulebook import Calendar
 from schemas.contract import (
+    ACTIONS,
     BLOCK,
     DOWNGRADE,
     GRANT,
@@ -115,6 +116,14 @@ def _terms(month: dt.date, calendar: Calendar) -> _Terms:
     )
 
 
+ACTION_TYPE = pl.Enum(ACTIONS)
+"""The action while the state machine runs: comparing small integers, not strings (the tier row shows text)."""
+
+
+def _action(name: str) -> pl.Expr:
+    return pl.lit(name, dtype=ACTION_TYPE)
+
+
 def action_expr(t: _Terms, retention: Retention) -> pl.Expr:
     """SPEC section 5: the action, first match wins (leaving the state overrides every retention)."""
     p, q, held = t.p, t.q, t.held
@@ -125,50 +134,52 @@ def action_expr(t: _Terms, retention: Retention) -> pl.Expr:
         case "validity":
             action = (
                 pl.when(~held & q.is_null())
-                .then(pl.lit(NONE))
+                .then(_action(NONE))
                 .when(~held)
-                .then(pl.lit(NEW))
+                .then(_action(NEW))
                 .when(t.u < t.evaluated_on)
-                .then(pl.lit(LAPSE))
+                .then(_action(LAPSE))
                 .when(q_above_p)
-                .then(pl.lit(UPGRADE))
+                .then(_action(UPGRADE))
                 .when(t.rerating & (q == p))
-                .then(pl.lit(RENEW))
+                .then(_action(RENEW))
                 .when(t.rerating & q.is_not_null())
-                .then(pl.lit(DOWNGRADE))
+                .then(_action(DOWNGRADE))
                 .when(t.rerating)
-                .then(pl.lit(LAPSE))
-                .otherwise(pl.lit(RETAIN))
+                .then(_action(LAPSE))
+                .otherwise(_action(RETAIN))
             )
         case "recompute":
             action = (
                 pl.when(~held & q.is_null())
-                .then(pl.lit(NONE))
+                .then(_action(NONE))
                 .when(~held)
-                .then(pl.lit(NEW))
+                .then(_action(NEW))
                 .when(q.is_null())
-                .then(pl.lit(LAPSE))
+                .then(_action(LAPSE))
                 .when(q_above_p)
-                .then(pl.lit(UPGRADE))
+                .then(_action(UPGRADE))
                 .when(q_below_p)
-                .then(pl.lit(DOWNGRADE))
-                .otherwise(pl.lit(RETAIN))
+                .then(_action(DOWNGRADE))
+                .otherwise(_action(RETAIN))
             )
         case "permanent":
-            action = pl.when(held).then(pl.lit(RETAIN)).when(q.is_not_null()).then(pl.lit(NEW)).otherwise(pl.lit(NONE))
+            action = (
+                pl.when(held).then(_action(RETAIN)).when(q.is_not_null()).then(_action(NEW)).otherwise(_action(NONE))
+            )
     return (
         pl.when(pl.col("cancelled") & held)
-        .then(pl.lit(TERMINATE))
+        .then(_action(TERMINATE))
         .when(pl.col("cancelled"))
-        .then(pl.lit(NONE))
+        .then(_action(NONE))
         .when(pl.col("forgotten") & held)
-        .then(pl.lit(LAPSE))
+        .then(_action(LAPSE))
         .when(pl.col("forgotten"))
-        .then(pl.lit(NONE))
+        .then(_action(NONE))
         .when(pl.col("blocked") & held)
-        .then(pl.lit(TERMINATE))
+        .then(_action(TERMINATE))
         .when(pl.col("blocked"))
-        .then(pl.lit(NONE))
+        .then(_action(NONE))
         .otherwise(action)
     )
 

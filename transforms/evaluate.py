@@ -97,7 +97,9 @@ def _program_rows(
 
 
 def _tier_row(frame: pl.LazyFrame) -> pl.LazyFrame:
-    return frame.with_columns(pl.col("suspensions_6m").cast(pl.Int64)).select(list(TIER_ASSIGNMENTS.columns))
+    return frame.with_columns(pl.col("suspensions_6m").cast(pl.Int64), pl.col("action").cast(pl.String)).select(
+        list(TIER_ASSIGNMENTS.columns)
+    )
 
 
 def _card_events(frame: pl.LazyFrame) -> pl.LazyFrame:
