@@ -903,7 +903,8 @@ def compare_levels(store: Path, month: dt.date, peer_output: Path) -> dict[str, 
     """Level counts of the peer beside the run's qualified_level (present subscribers) and level
     (after carry-forward), and how many present subscribers' peer level differs from qualified_level.
     The qualified level should agree exactly on this data (no quarantine, ids never recycled); the
-    held level differs by design (levels only go up within validity)."""
+    held level differs by design (levels only go up within validity). Only aggregates are collected,
+    on Polars' streaming engine: at 50M subscribers the rows compared are 100M a side."""
     import polars as pl
 
     tiers = (
@@ -916,43 +917,54 @@ def compare_levels(store: Path, month: dt.date, peer_output: Path) -> dict[str, 
             pl.col("level").cast(pl.String),
             pl.col("present"),
         )
-        .collect()
     )
-    peer = pl.read_parquet(peer_output, columns=["subscriber_id", *PEER_PROGRAMS]).unpivot(
-        index="subscriber_id", on=list(PEER_PROGRAMS), variable_name="program", value_name="peer_level"
+    peer = (
+        pl.scan_parquet(peer_output)
+        .select("subscriber_id", *PEER_PROGRAMS)
+        .unpivot(index="subscriber_id", on=list(PEER_PROGRAMS), variable_name="program", value_name="peer_level")
     )
     present = tiers.filter("present")
     joined = peer.join(present, on=["program", "subscriber_id"], how="left")
+
+    def per_level(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
+        return frame.group_by("program", pl.col(column).fill_null("(none)").alias("level")).agg(pl.len())
+
+    peer_counts, qualified_counts, held_counts, differing_rows = pl.collect_all(
+        [
+            per_level(peer, "peer_level"),
+            per_level(present, "qualified_level"),
+            per_level(tiers, "level"),
+            joined.group_by("program").agg(
+                pl.len().alias("subscribers"),
+                pl.col("present").is_null().sum().alias("not_in_run"),
+                pl.col("peer_level").ne_missing(pl.col("qualified_level")).sum().alias("qualified_level_differs"),
+            ),
+        ],
+        engine="streaming",
+    )
+
+    def lookup(frame: pl.DataFrame) -> dict[tuple[str, str], int]:
+        return {(program, level): n for program, level, n in frame.iter_rows()}
+
+    peer_by, qualified_by, held_by = lookup(peer_counts), lookup(qualified_counts), lookup(held_counts)
     counts: list[dict[str, Any]] = []
     for program in PEER_PROGRAMS:
-        peer_counts = counter(peer.filter(pl.col("program") == program)["peer_level"])
-        qualified_counts = counter(present.filter(pl.col("program") == program)["qualified_level"])
-        held_counts = counter(tiers.filter(pl.col("program") == program)["level"])
-        for level in sorted(set(peer_counts) | set(qualified_counts) | set(held_counts), key=level_order(program)):
+        levels = {level for (p, level) in [*peer_by, *qualified_by, *held_by] if p == program}
+        for level in sorted(levels, key=level_order(program)):
             counts.append(
                 {
                     "program": program,
                     "level": level,
-                    "peer": peer_counts.get(level, 0),
-                    "engine_qualified_present": qualified_counts.get(level, 0),
-                    "engine_level": held_counts.get(level, 0),
+                    "peer": peer_by.get((program, level), 0),
+                    "engine_qualified_present": qualified_by.get((program, level), 0),
+                    "engine_level": held_by.get((program, level), 0),
                 }
             )
     differing = {
-        program: {
-            "subscribers": joined.filter(pl.col("program") == program).height,
-            "not_in_run": joined.filter((pl.col("program") == program) & pl.col("present").is_null()).height,
-            "qualified_level_differs": joined.filter(
-                (pl.col("program") == program) & pl.col("peer_level").ne_missing(pl.col("qualified_level"))
-            ).height,
-        }
-        for program in PEER_PROGRAMS
+        row["program"]: {key: int(row[key]) for key in ("subscribers", "not_in_run", "qualified_level_differs")}
+        for row in differing_rows.iter_rows(named=True)
     }
     return {"month": month_label(month), "counts": counts, "peer_vs_qualified": differing}
-
-
-def counter(values: Any) -> dict[str, int]:
-    return {("(none)" if level is None else level): n for level, n in values.value_counts().iter_rows()}
 
 
 def level_order(program: str) -> Any:
