@@ -11,7 +11,6 @@ correctness never depends on it.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,11 +177,6 @@ def _execute(session: Session) -> list[dict[str, Any]]:
         if (line := changes_line(manifest)) is not None:
             logger.info("%s", line)
         _report(session.store, month, manifest, html=is_last, logger=logger)
-
-    if session.request.command != "check":  # the import overlaps the buckets, which mostly release the GIL
-        from billing_tiers.report.charts import import_matplotlib
-
-        threading.Thread(target=import_matplotlib, name="import-matplotlib").start()
 
     return run_session(
         session,

@@ -45,15 +45,6 @@ RC: Any = {
 }
 
 
-def import_matplotlib() -> None:
-    """Import the parts of matplotlib the charts use (about 0.7 s). A run calls it in a background
-    thread while its buckets run, so the report after the publish does not wait for it."""
-    import matplotlib.backends.backend_svg
-    import matplotlib.figure
-    import matplotlib.ticker  # noqa: F401
-    from matplotlib import colormaps  # noqa: F401
-
-
 CHARACTER_INCHES = 0.075
 """The width of one character of 9-point text, a little above the average of a sans-serif font."""
 
