@@ -5,12 +5,14 @@ Production code knows nothing of faults: it calls ``publish_checkpoint(step)`` a
 ``after_manifest``), which does nothing. :func:`fail_at` replaces it for the duration of a ``with``
 block by one that raises :class:`InjectedFault` the n-th time a chosen step is reached;
 ``tests/pause_runner.py`` replaces it in a real CLI process by one that stops there to be killed.
+:func:`flip_bytes` damages a file in place, as a bad disk or a careless copy would.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +53,12 @@ def fail_at(step: str, *, occurrence: int = 1) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(billing_tiers.store, "publish_checkpoint", checkpoint)
         yield
+
+
+def flip_bytes(path: Path) -> Path:
+    """Invert 8 bytes in the middle of ``path`` (its size stays the same); returns ``path``."""
+    data = bytearray(path.read_bytes())
+    for index in range(len(data) // 2, len(data) // 2 + 8):
+        data[index] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path

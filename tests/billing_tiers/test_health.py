@@ -17,6 +17,7 @@ import pytest
 from billing_tiers.health import store_health, store_status
 from billing_tiers.store import Store
 from tests.extract_factory import row, write_extract
+from tests.faults import flip_bytes
 from tests.stores import publish_frames
 
 MONTHS = ("2024-01", "2024-02", "2024-03")
@@ -52,13 +53,6 @@ def part(store: Store, table: str, month: dt.date = dt.date(2024, 2, 1)) -> Path
     return found
 
 
-def flip_bytes(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    for index in range(len(data) // 2, len(data) // 2 + 8):
-        data[index] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def without_tables(path: Path) -> None:
     manifest = json.loads(path.read_text())
     del manifest["tables"]
@@ -67,7 +61,7 @@ def without_tables(path: Path) -> None:
 
 DAMAGE: dict[str, tuple[Callable[[Store], Path], str]] = {
     "flipped bytes": (
-        lambda s: (flip_bytes(p := part(s, "tier_assignments")), p)[1],
+        lambda s: flip_bytes(part(s, "tier_assignments")),
         "incomplete: tier_assignments part {file} does not match its manifest checksum",
     ),
     "deleted part": (

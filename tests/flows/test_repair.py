@@ -29,6 +29,7 @@ from billing_tiers.store import Store
 from flows import monthly
 from schemas.contract import CHANGES, STORE_TABLES
 from tests.extract_factory import write_history
+from tests.faults import flip_bytes
 from tests.stores import assert_same_store, new_store
 
 MONTHS = ["2024-01", "2024-02", "2024-03", "2024-04", "2024-05"]
@@ -71,14 +72,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def one_part(store: Path, table: str, month: str = DAMAGED, bucket: int = 1) -> Path:
     (found,) = (store / table / f"billing_month={month}").glob(f"part-{bucket:05d}-*.parquet")
     return found
-
-
-def flip_bytes(path: Path) -> Path:
-    data = bytearray(path.read_bytes())
-    for index in range(len(data) // 2, len(data) // 2 + 8):
-        data[index] ^= 0xFF
-    path.write_bytes(bytes(data))
-    return path
 
 
 def manifest_path(store: Path, month: str = DAMAGED) -> Path:
