@@ -32,15 +32,14 @@ import polars as pl
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from billing_tiers.months import month_end, parse_month  # noqa: E402
+from billing_tiers.months import add_months, month_end, parse_month  # noqa: E402
 from billing_tiers.store import Store, part_name, write_part  # noqa: E402
 from flows import bucket as bucket_module  # noqa: E402
 from flows.bucket import BucketJob, BucketResult  # noqa: E402
 from flows.run_month import run_month  # noqa: E402
 from rulebook import load_rulebook  # noqa: E402
-from schemas.contract import BILLED_WINDOW, EXTRACT_PRESENCE, window_columns  # noqa: E402
+from schemas.contract import EXTRACT_PRESENCE  # noqa: E402
 from transforms import evaluate as evaluate_module  # noqa: E402
-from transforms.at_risk import at_risk  # noqa: E402
 from transforms.qualification import qualify  # noqa: E402
 
 T = TypeVar("T")
@@ -125,24 +124,10 @@ def profile_bucket(job: BucketJob, repeat: int) -> dict[str, Any]:
             ),
         )
         decided.append(frame)
-        risk_input = pl.concat(
-            [
-                frame.select(evaluate_module.RISK_DECISIONS).rename({"granted_level": "qualified_level"}),
-                subscribers.select(
-                    evaluate_module.RISK_METRICS + window_columns(BILLED_WINDOW, rulebook.metrics.window_months)[-1:]
-                ),
-            ],
-            how="horizontal",
-        )
         step(
             f"evaluate: {name} at_risk",
-            lambda program=program, risk_input=risk_input: at_risk(
-                risk_input.lazy(),
-                program=program,
-                month=job.month,
-                calendar=rulebook.calendar,
-                metrics=rulebook.metrics,
-                horizon_months=rulebook.calendar.at_risk_horizon_months,
+            lambda program=program, frame=frame: evaluate_module.program_at_risk(
+                frame, subscribers=subscribers, program=program, month=job.month, rulebook=rulebook
             ).collect(),
         )
     tables = step(
@@ -209,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = Store(args.store).require()
     rulebook = load_rulebook(args.rulebook)
     month: dt.date = args.month
-    previous = dt.date(month.year - (month.month == 1), (month.month - 2) % 12 + 1, 1)
+    previous = add_months(month, -1)
     build_on = previous if previous in store.manifest_months() else None
     profile: dict[str, Any] = {}
 

@@ -177,18 +177,8 @@ def evaluate_month(
     state_columns = list(state_table(rulebook.metrics.window_months, names).columns)
     next_state = subscribers.with_columns(held_after).filter(~pl.col("leaves")).select(state_columns)
     every_program = pl.concat(decided, how="vertical").lazy()
-    metrics = subscribers.select(RISK_METRICS + window_columns(BILLED_WINDOW, rulebook.metrics.window_months)[-1:])
     risk = [
-        at_risk(
-            pl.concat(
-                [frame.select(RISK_DECISIONS).rename({"granted_level": "qualified_level"}), metrics], how="horizontal"
-            ).lazy(),
-            program=program,
-            month=month,
-            calendar=rulebook.calendar,
-            metrics=rulebook.metrics,
-            horizon_months=rulebook.calendar.at_risk_horizon_months,
-        )
+        program_at_risk(frame, subscribers=subscribers, program=program, month=month, rulebook=rulebook)
         for frame, program in zip(decided, programs.values(), strict=True)
     ]
     event_order = pl.col("event").replace_strict({VOID: 0, ISSUE: 1}, return_dtype=pl.Int32)
@@ -202,6 +192,24 @@ def evaluate_month(
             list(MEMBERSHIP_SCHEMA)
         ),
         at_risk=pl.concat(risk, how="vertical"),
+    )
+
+
+def program_at_risk(
+    decided: pl.DataFrame, *, subscribers: pl.DataFrame, program: AnyProgram, month: dt.date, rulebook: Rulebook
+) -> pl.LazyFrame:
+    """One program's at-risk rows from its decided rows beside the month's subscribers (same order)."""
+    metrics = subscribers.select(RISK_METRICS + window_columns(BILLED_WINDOW, rulebook.metrics.window_months)[-1:])
+    beside = pl.concat(
+        [decided.select(RISK_DECISIONS).rename({"granted_level": "qualified_level"}), metrics], how="horizontal"
+    )
+    return at_risk(
+        beside.lazy(),
+        program=program,
+        month=month,
+        calendar=rulebook.calendar,
+        metrics=rulebook.metrics,
+        horizon_months=rulebook.calendar.at_risk_horizon_months,
     )
 
 
